@@ -1,0 +1,48 @@
+# fleetchat: every target installs what it needs on a fresh machine.
+PYTHON ?= python3
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+RUN := $(UV) run --locked --no-sync
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: help install test check format bench bench-quick demo clean
+
+help:
+	@echo "make demo    run the embedded demo (20+ agents, priorities, a dead letter, metrics)"
+	@echo "make test    run the test suite with branch coverage (fails under 95 %)"
+	@echo "make check   ruff (lint + format check) and mypy --strict on src/"
+	@echo "make bench   run benchmarks/core.py (add ARGS=--quick for a short run)"
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==0.13.8
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --locked --all-extras --quiet
+	@touch $@
+
+install: $(VENV)/.synced
+
+test: install
+	$(RUN) pytest --cov --cov-report=term --cov-fail-under=95 $(ARGS)
+
+check: install
+	$(RUN) ruff check src tests benchmarks examples
+	$(RUN) ruff format --check src tests benchmarks examples
+	$(RUN) mypy
+
+format: install
+	$(RUN) ruff format src tests benchmarks examples
+	$(RUN) ruff check --fix src tests benchmarks examples
+
+bench: install
+	$(RUN) python benchmarks/core.py $(ARGS)
+
+demo: install
+	$(RUN) fleetchat demo $(ARGS)
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .coverage

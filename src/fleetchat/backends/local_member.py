@@ -1,0 +1,186 @@
+"""A member's delivery state inside the LocalBus: its priority queue, cursors and batches."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from fleetchat.backends.ports import CursorRecord
+from fleetchat.models import Message
+
+if TYPE_CHECKING:
+    from fleetchat.config import QosSettings
+    from fleetchat.types import TimerHandle
+
+__all__ = ["Batch", "Cursor", "MemberState"]
+
+
+class Cursor:
+    """A member's progress in one channel.
+
+    ``fetched`` is the newest seq already taken from the log into the member's queue (or skipped
+    as its own message); when it lags the channel's last seq, the rest is paged in from the log.
+    ``floor`` and ``above`` record what is settled (acked, dead-lettered, expired), which is what
+    survives a restart.
+    """
+
+    __slots__ = (
+        "_dirty_list",
+        "above",
+        "channel",
+        "dirty",
+        "durable",
+        "fetched",
+        "floor",
+        "member",
+    )
+
+    def __init__(
+        self, member: str, channel: str, floor: int, durable: bool, dirty_list: list[Cursor]
+    ) -> None:
+        self.member = member
+        self.channel = channel
+        self.floor = floor
+        self.fetched = floor
+        self.above: set[int] = set()
+        self.durable = durable
+        self.dirty = False
+        self._dirty_list = dirty_list
+
+    def settle(self, seq: int) -> None:
+        if seq == self.floor + 1:
+            floor = seq
+            above = self.above
+            while floor + 1 in above:
+                floor += 1
+                above.discard(floor)
+            self.floor = floor
+        elif seq > self.floor:
+            self.above.add(seq)
+        if not self.dirty:
+            self.dirty = True
+            self._dirty_list.append(self)
+
+    def is_settled(self, seq: int) -> bool:
+        return seq <= self.floor or seq in self.above
+
+    def record(self, retries: dict[str, int]) -> CursorRecord:
+        return CursorRecord(
+            self.member, self.channel, self.floor, sorted(self.above), dict(retries)
+        )
+
+
+class Batch:
+    """Deliveries handed to one consumer at once, all of one priority.
+
+    The consumer acks or nacks items by index; the batch's ack timer fails what is still open.
+    """
+
+    __slots__ = (
+        "attempts",
+        "consumer",
+        "items",
+        "member",
+        "open",
+        "pending",
+        "qos",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        member: MemberState,
+        consumer: int,
+        items: list[Message],
+        attempts: list[int],
+        qos: QosSettings,
+    ) -> None:
+        self.member = member
+        self.consumer = consumer
+        self.items = items
+        self.attempts = attempts
+        self.qos = qos
+        # Transient items (seq 0: requests, replies) are never acked or retried.
+        self.open = [m.seq != 0 for m in items]
+        self.pending = sum(self.open)
+        self.timer: TimerHandle | None = None
+
+
+class MemberState:
+    """One member's queue: four FIFO lanes, one per priority, bounded by ``limit``."""
+
+    __slots__ = (
+        "batches",
+        "cursors",
+        "delayed",
+        "id",
+        "inflight",
+        "lagging",
+        "lanes",
+        "limit",
+        "queued",
+        "retries",
+        "room_waiters",
+        "waiters",
+    )
+
+    def __init__(self, member_id: str, limit: int) -> None:
+        self.id = member_id
+        self.limit = limit
+        self.lanes: tuple[deque[Message], ...] = (deque(), deque(), deque(), deque())
+        self.queued = 0
+        self.inflight = 0
+        self.delayed = 0
+        self.cursors: dict[str, Cursor] = {}
+        self.batches: set[Batch] = set()
+        self.retries: dict[str, int] = {}
+        self.lagging: set[str] = set()
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.room_waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def room(self) -> int:
+        return self.limit - self.queued - self.inflight - self.delayed
+
+    def push(self, rank: int, message: Message) -> None:
+        self.lanes[rank].append(message)
+        self.queued += 1
+        self.wake()
+
+    def wake(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    def wake_room(self) -> None:
+        if self.room_waiters:
+            waiters, self.room_waiters = self.room_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def take(self, max_items: int) -> tuple[int, list[Message]]:
+        """Pop up to ``max_items`` from the highest non-empty lane: (rank, messages)."""
+        for rank, lane in enumerate(self.lanes):
+            if lane:
+                n = min(max_items, len(lane))
+                popleft = lane.popleft
+                items = [popleft() for _ in range(n)]
+                self.queued -= n
+                return rank, items
+        return 0, []
+
+    def purge(self, channel: str) -> int:
+        """Drop queued messages of ``channel`` (after leaving it); returns how many."""
+        dropped = 0
+        for lane in self.lanes:
+            keep = [m for m in lane if m.channel != channel]
+            dropped += len(lane) - len(keep)
+            lane.clear()
+            lane.extend(keep)
+        self.queued -= dropped
+        return dropped

@@ -1,0 +1,198 @@
+"""In-memory backends: for tests, embedding, and the messages of ephemeral channels."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from fleetchat.backends.ports import CursorRecord
+from fleetchat.models import AgentInfo, Channel, Message
+
+__all__ = ["MemoryLog", "MemoryStore", "select_history"]
+
+
+def _no_commit_hook(messages: list[Message]) -> None:
+    return None
+
+
+def select_history(
+    messages: list[Message] | deque[Message],
+    *,
+    start_seq: int | None,
+    end_seq: int | None,
+    since: float | None,
+    until: float | None,
+    limit: int,
+) -> list[Message]:
+    """Filter ``messages`` (in seq order) by the history query, oldest first."""
+    out: list[Message] = []
+    for m in messages:
+        if start_seq is not None and m.seq < start_seq:
+            continue
+        if end_seq is not None and m.seq > end_seq:
+            break
+        if since is not None and m.created_at < since:
+            continue
+        if until is not None and m.created_at > until:
+            break
+        out.append(m)
+        if len(out) >= limit:
+            break
+    return out
+
+
+class _Ring:
+    __slots__ = ("cap", "messages")
+
+    def __init__(self, cap: int | None) -> None:
+        self.cap = cap
+        self.messages: deque[Message] = deque()
+
+
+class MemoryLog:
+    """A ChannelLog held in memory. Nothing survives the process.
+
+    ``append`` keeps at most the channel's ``retention_count`` messages, so a busy ephemeral
+    channel's memory stays bounded between retention sweeps.
+    """
+
+    durable = False
+
+    def __init__(self, default_cap: int | None = None) -> None:
+        self.on_commit: Callable[[list[Message]], None] = _no_commit_hook
+        self._default_cap = default_cap
+        self._channels: dict[str, Channel] = {}
+        self._rings: dict[str, _Ring] = {}
+        self._members: dict[tuple[str, str], None] = {}
+        self._cursors: dict[tuple[str, str], CursorRecord] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def load_channels(self) -> list[Channel]:
+        return list(self._channels.values())
+
+    def load_members(self) -> list[tuple[str, str]]:
+        return list(self._members)
+
+    def load_cursors(self) -> list[CursorRecord]:
+        return list(self._cursors.values())
+
+    def last_seqs(self) -> dict[str, int]:
+        return {name: r.messages[-1].seq for name, r in self._rings.items() if r.messages}
+
+    def _ring(self, channel: str) -> _Ring:
+        ring = self._rings.get(channel)
+        if ring is None:
+            ring = self._rings[channel] = _Ring(self._default_cap)
+        return ring
+
+    async def save_channel(self, channel: Channel) -> None:
+        self._channels[channel.name] = channel
+        self._ring(channel.name).cap = channel.retention_count or self._default_cap
+
+    async def delete_channel(self, name: str) -> None:
+        self._channels.pop(name, None)
+        self._rings.pop(name, None)
+        for key in [k for k in self._members if k[0] == name]:
+            del self._members[key]
+            self._cursors.pop((key[1], name), None)
+
+    async def add_member(self, channel: str, member: str, cursor: CursorRecord) -> None:
+        self._members[(channel, member)] = None
+        self._cursors[(member, channel)] = cursor
+
+    async def remove_member(self, channel: str, member: str) -> None:
+        self._members.pop((channel, member), None)
+        self._cursors.pop((member, channel), None)
+
+    async def append(self, messages: list[Message]) -> None:
+        self.append_now(messages)
+
+    def append_now(self, messages: list[Message]) -> None:
+        """Append and run the commit hook at once (memory needs no wait)."""
+        for m in messages:
+            ring = self._ring(m.channel)
+            ring.messages.append(m)
+            if ring.cap is not None and len(ring.messages) > ring.cap:
+                ring.messages.popleft()
+        self.on_commit(messages)
+
+    def save_cursors(self, cursors: list[CursorRecord]) -> None:
+        for c in cursors:
+            if (c.channel, c.member) in self._members:
+                self._cursors[(c.member, c.channel)] = c
+
+    def first_seq(self, channel: str) -> int:
+        ring = self._rings.get(channel)
+        if ring is None or not ring.messages:
+            return 1
+        return ring.messages[0].seq
+
+    def read(self, channel: str, after_seq: int, limit: int) -> list[Message]:
+        ring = self._rings.get(channel)
+        if ring is None or not ring.messages:
+            return []
+        msgs = ring.messages
+        start = max(after_seq + 1 - msgs[0].seq, 0)
+        return [msgs[i] for i in range(start, min(start + limit, len(msgs)))]
+
+    def history(
+        self,
+        channel: str,
+        *,
+        start_seq: int | None,
+        end_seq: int | None,
+        since: float | None,
+        until: float | None,
+        limit: int,
+    ) -> list[Message]:
+        ring = self._rings.get(channel)
+        if ring is None:
+            return []
+        msgs = ring.messages
+        if start_seq is not None and msgs:
+            # Seqs are dense in a ring, so jump straight to the first one asked for.
+            skip = max(start_seq - msgs[0].seq, 0)
+            msgs = deque(msgs[i] for i in range(skip, len(msgs)))
+        return select_history(
+            msgs, start_seq=start_seq, end_seq=end_seq, since=since, until=until, limit=limit
+        )
+
+    async def trim(self, channel: str, *, keep: int | None, older_than: float | None) -> int:
+        ring = self._rings.get(channel)
+        if ring is None:
+            return 0
+        msgs, dropped = ring.messages, 0
+        while msgs and (
+            (keep is not None and len(msgs) > keep)
+            or (older_than is not None and msgs[0].created_at < older_than)
+        ):
+            msgs.popleft()
+            dropped += 1
+        return dropped
+
+
+class MemoryStore:
+    """A Store held in memory."""
+
+    def __init__(self) -> None:
+        self._agents: dict[str, AgentInfo] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def save_agent(self, agent: AgentInfo) -> None:
+        self._agents[agent.id] = agent
+
+    async def delete_agent(self, agent_id: str) -> None:
+        self._agents.pop(agent_id, None)
+
+    def load_agents(self) -> list[AgentInfo]:
+        return list(self._agents.values())

@@ -1,0 +1,184 @@
+"""The ports: what services need from storage and messaging, as Protocols.
+
+Services talk to backends only through these. Implementations:
+
+- ``ChannelLog``: ``MemoryLog`` (memory.py), ``SqliteLog`` (sqlite.py).
+- ``Bus``: ``LocalBus`` (local_bus.py), in-process fan-out over a ChannelLog.
+- ``Store``: ``MemoryStore``, ``SqliteStore``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+
+from fleetchat.models import AgentInfo, Channel, Message
+
+if TYPE_CHECKING:
+    from fleetchat.backends.local_member import Batch
+
+__all__ = ["Bus", "ChannelLog", "CursorRecord", "DeliveryObserver", "Store"]
+
+
+class CursorRecord(msgspec.Struct, array_like=True):
+    """A member's progress in one channel: every seq <= floor is settled, plus ``above``."""
+
+    member: str
+    channel: str
+    floor: int
+    above: list[int] = []
+    """Settled seqs above the floor (acks arrive out of order across priorities)."""
+    retries: dict[str, int] = {}
+    """Message id -> failed attempts so far, for messages being retried."""
+
+
+class ChannelLog(Protocol):
+    """Channel definitions, membership, the ordered message log and cursors.
+
+    ``append`` returns once the messages are committed; then ``on_commit`` (set by the bus)
+    has been called with them, in sequence order.
+    """
+
+    durable: bool
+    on_commit: Callable[[list[Message]], None]
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def load_channels(self) -> list[Channel]: ...
+
+    def load_members(self) -> list[tuple[str, str]]:
+        """(channel, member) pairs."""
+        ...
+
+    def load_cursors(self) -> list[CursorRecord]: ...
+
+    def last_seqs(self) -> dict[str, int]:
+        """Newest committed seq per channel."""
+        ...
+
+    async def save_channel(self, channel: Channel) -> None: ...
+
+    async def delete_channel(self, name: str) -> None: ...
+
+    async def add_member(self, channel: str, member: str, cursor: CursorRecord) -> None: ...
+
+    async def remove_member(self, channel: str, member: str) -> None: ...
+
+    async def append(self, messages: list[Message]) -> None: ...
+
+    def save_cursors(self, cursors: list[CursorRecord]) -> None:
+        """Save cursors with the next commit (no wait: losing them only means redelivery)."""
+        ...
+
+    def read(self, channel: str, after_seq: int, limit: int) -> list[Message]:
+        """Committed messages with seq > after_seq, in order."""
+        ...
+
+    def history(
+        self,
+        channel: str,
+        *,
+        start_seq: int | None,
+        end_seq: int | None,
+        since: float | None,
+        until: float | None,
+        limit: int,
+    ) -> list[Message]: ...
+
+    def first_seq(self, channel: str) -> int:
+        """Oldest seq still held (1 when nothing was trimmed), last_seq + 1 when empty."""
+        ...
+
+    async def trim(self, channel: str, *, keep: int | None, older_than: float | None) -> int:
+        """Drop messages beyond the retention; returns how many."""
+        ...
+
+
+class Store(Protocol):
+    """Records that are not messages: agents now, tasks and workflows later."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def save_agent(self, agent: AgentInfo) -> None: ...
+
+    async def delete_agent(self, agent_id: str) -> None: ...
+
+    def load_agents(self) -> list[AgentInfo]: ...
+
+
+class DeliveryObserver(Protocol):
+    """Told about every delivery outcome; metrics and receipts hang off it."""
+
+    def on_published(self, messages: Sequence[Message]) -> None: ...
+
+    def on_acked(self, member: str, messages: Sequence[Message], now: float) -> None: ...
+
+    def on_retry(self, member: str, message: Message, attempt: int, reason: str) -> None: ...
+
+    def on_dead_letter(self, member: str, message: Message, attempts: int, reason: str) -> None: ...
+
+    def on_expired(self, member: str, message: Message) -> None: ...
+
+    def on_dropped(self, member: str, channel: str, count: int) -> None: ...
+
+
+class Bus(Protocol):
+    """Channel logs, fan-out, per-member queues with acks, transient messages."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def channels(self) -> list[Channel]: ...
+
+    def channel(self, name: str) -> Channel | None: ...
+
+    def members(self, channel: str) -> list[str]: ...
+
+    def memberships(self, member: str) -> list[str]: ...
+
+    async def create_channel(self, channel: Channel) -> Channel: ...
+
+    async def delete_channel(self, name: str) -> None: ...
+
+    async def add_member(self, channel: str, member: str) -> bool: ...
+
+    async def remove_member(self, channel: str, member: str) -> bool: ...
+
+    async def publish(self, messages: list[Message], timeout: float) -> list[Message]: ...
+
+    def send_transient(self, message: Message, members: Sequence[str]) -> int: ...
+
+    async def fetch(
+        self, member: str, consumer: int, max_items: int, timeout: float | None
+    ) -> Batch | None: ...
+
+    def ack(self, batch: Batch, index: int | None = None) -> int: ...
+
+    def nack(
+        self,
+        batch: Batch,
+        index: int | None = None,
+        *,
+        delay: float | None = None,
+        dead_letter: bool = False,
+    ) -> int: ...
+
+    def detach(self, member: str, consumer: int) -> None: ...
+
+    def history(
+        self,
+        channel: str,
+        *,
+        start_seq: int | None = None,
+        end_seq: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+    ) -> list[Message]: ...

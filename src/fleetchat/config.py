@@ -1,0 +1,218 @@
+"""Settings. Defaults are the customer's numbers (see docs/configuration.md).
+
+Settings are frozen dataclasses. They are built, lowest precedence first, from the defaults, a
+TOML file, ``FLEETCHAT_*`` environment variables and explicit overrides (the CLI's flags), with
+:func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fleetchat.errors import ConfigError
+from fleetchat.types import Priority
+
+__all__ = [
+    "ChatSettings",
+    "HubSettings",
+    "QosSettings",
+    "RegistrySettings",
+    "StorageSettings",
+    "load_settings",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class QosSettings:
+    """Delivery quality of service for one priority level."""
+
+    ack_timeout: float = 5.0
+    """Seconds a member has to ack a delivery before the attempt counts as failed. Default 5."""
+    max_attempts: int = 3
+    """Delivery attempts in all (first try included) before the dead-letter channel. Default 3."""
+    backoff_base: float = 0.1
+    """Seconds before the second attempt; doubles for every further attempt. Default 0.1."""
+    backoff_max: float = 5.0
+    """Upper bound of the retry backoff, in seconds. Default 5."""
+
+    def backoff(self, failed_attempts: int) -> float:
+        """Delay before the attempt after ``failed_attempts`` failures: base x 2^(n-1), capped."""
+        return float(min(self.backoff_base * 2 ** (failed_attempts - 1), self.backoff_max))
+
+
+def _default_qos() -> dict[Priority, QosSettings]:
+    return {p: QosSettings() for p in Priority}
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSettings:
+    """Channels, delivery and request/reply."""
+
+    qos: dict[Priority, QosSettings] = field(default_factory=_default_qos)
+    """QoS per priority level. Default: 5 s ack timeout, 3 attempts, backoff 0.1 s .. 5 s."""
+    max_body_bytes: int = 1024 * 1024
+    """Largest message body, measured JSON-encoded, in bytes. Default 1 MiB."""
+    member_queue_limit: int = 1000
+    """Deliveries held in memory per member (queued + unacked). Beyond it a durable channel's
+    backlog stays in its log and is paged in as the member catches up. Default 1000."""
+    fetch_batch: int = 256
+    """Most deliveries handed to a consumer at once. Default 256."""
+    request_timeout: float = 5.0
+    """Default request/reply timeout in seconds. Default 5."""
+    history_limit: int = 1000
+    """Most messages one history call returns. Default 1000."""
+    retention_count: int = 100_000
+    """Default number of messages a new channel keeps. Default 100,000."""
+    retention_age: float | None = None
+    """Default age in seconds after which messages leave a new channel's history. Default none."""
+    ephemeral_retention_count: int = 10_000
+    """Default number of messages an ephemeral channel keeps in memory. Default 10,000."""
+    publish_timeout: float = 5.0
+    """Longest a publish waits for room (commit backlog or a blocking channel). Default 5 s."""
+
+    def qos_for(self, priority: Priority | str) -> QosSettings:
+        return self.qos[Priority(priority)]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    """Agents, heartbeats and matching."""
+
+    heartbeat_interval: float = 1.0
+    """Seconds between an agent's heartbeats. Default 1."""
+    missed_heartbeats: int = 3
+    """Heartbeats an agent may miss before it is offline. Default 3."""
+    load_threshold: float = 0.8
+    """An agent takes new work only while active/capacity is below this. Default 0.8."""
+    min_confidence: float = 0.8
+    """Lowest match score find_best_agents keeps. Default 0.8."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """The embedded SQLite store."""
+
+    sync: Literal["normal", "full"] = "normal"
+    """``normal``: survives any process crash. ``full``: also survives power loss, one fsync per
+    group commit. Default normal."""
+    commit_max_batch: int = 1000
+    """Most writes in one group-commit transaction. Default 1000."""
+    max_pending_writes: int = 50_000
+    """Writes waiting for a commit before publishers wait for room. Default 50,000."""
+    cursor_flush_interval: float = 0.1
+    """Seconds between saves of members' ack cursors. Default 0.1."""
+    maintenance_interval: float = 1.0
+    """Seconds between retention sweeps. Default 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    """Everything the hub reads at start. ``url`` picks the backend."""
+
+    url: str = "sqlite:///fleetchat.db"
+    """Backend URL: ``sqlite:///path.db`` (default ``fleetchat.db``) or ``memory://``."""
+    chat: ChatSettings = field(default_factory=ChatSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    """Convert a TOML or environment value to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a table", path=path)
+        return _build(tp, value, path)
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a table", path=path)
+        return {
+            _coerce(key_tp, k, f"{path}.{k}"): _coerce(val_tp, v, f"{path}.{k}")
+            for k, v in value.items()
+        }
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
+            return None
+        return _coerce(args[0], value, path)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{path}: must be one of {typing.get_args(tp)}", path=path)
+        return value
+    try:
+        if tp is bool and isinstance(value, str):
+            return value.lower() in ("1", "true", "yes", "on")
+        if tp in (int, float) and isinstance(value, bool):
+            raise TypeError
+        return tp(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read {value!r} as {tp.__name__}", path=path) from exc
+
+
+def _build(cls: type[Any], values: Mapping[str, Any], path: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {sorted(unknown)} in {path or 'top level'}")
+    kwargs = {k: _coerce(hints[k], v, f"{path}.{k}" if path else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _env_tree(env: Mapping[str, str]) -> dict[str, Any]:
+    """``FLEETCHAT_CHAT__MAX_BODY_BYTES=2048`` -> ``{"chat": {"max_body_bytes": "2048"}}``."""
+    tree: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith("FLEETCHAT_") or key.startswith("FLEETCHAT_TEST_"):
+            continue
+        parts = key[len("FLEETCHAT_") :].lower().split("__")
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def load_settings(
+    file: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> HubSettings:
+    """Build HubSettings: defaults < TOML ``file`` < ``FLEETCHAT_*`` env < ``overrides``.
+
+    Raises:
+        ConfigError: unreadable file, unknown key or a value of the wrong type.
+    """
+    tree: dict[str, Any] = {}
+    if file is not None:
+        try:
+            tree = tomllib.loads(Path(file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc}") from exc
+    # Only keys that name settings: FLEETCHAT_HUB, FLEETCHAT_TOKEN and the like belong to the CLI.
+    known = {f.name for f in dataclasses.fields(HubSettings)}
+    env_tree = _env_tree(os.environ if env is None else env)
+    tree = _merge(tree, {k: v for k, v in env_tree.items() if k in known})
+    tree = _merge(tree, overrides or {})
+    settings: HubSettings = _build(HubSettings, tree)
+    return settings

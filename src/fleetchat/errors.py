@@ -1,0 +1,137 @@
+"""One error tree. Every error carries a stable ``code`` used on the wire.
+
+Clients map a code back to the same class with :func:`error_from_code`, so
+``except ChannelNotFoundError`` works the same in-process and over the network.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AgentNotFoundError",
+    "BackendError",
+    "BackpressureError",
+    "ChannelExistsError",
+    "ChannelNotFoundError",
+    "ClosedError",
+    "ConfigError",
+    "ConflictError",
+    "FleetchatError",
+    "ForbiddenError",
+    "InvalidIdError",
+    "InvalidInputError",
+    "MessageTooLargeError",
+    "NotFoundError",
+    "RequestTimeoutError",
+    "error_from_code",
+]
+
+
+class FleetchatError(Exception):
+    """Base of every error fleetchat raises on purpose."""
+
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as a wire payload: ``{"code", "message", "details"}``."""
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class InvalidInputError(FleetchatError, ValueError):
+    """The request is malformed: wrong type, missing field, value out of range."""
+
+    code = "invalid_input"
+
+
+class InvalidIdError(InvalidInputError):
+    """An agent id or channel name does not follow the naming rule."""
+
+    code = "invalid_id"
+
+
+class MessageTooLargeError(InvalidInputError):
+    """A message body is larger than ``ChatSettings.max_body_bytes``."""
+
+    code = "message_too_large"
+
+
+class ConfigError(InvalidInputError):
+    """A setting, URL or configuration file is invalid."""
+
+    code = "invalid_config"
+
+
+class NotFoundError(FleetchatError, LookupError):
+    """The named thing does not exist."""
+
+    code = "not_found"
+
+
+class ChannelNotFoundError(NotFoundError):
+    code = "channel_not_found"
+
+
+class AgentNotFoundError(NotFoundError):
+    code = "agent_not_found"
+
+
+class ConflictError(FleetchatError):
+    """The request conflicts with the current state."""
+
+    code = "conflict"
+
+
+class ChannelExistsError(ConflictError):
+    code = "channel_exists"
+
+
+class ForbiddenError(FleetchatError, PermissionError):
+    """The caller may not do this (for example post in a read-only channel)."""
+
+    code = "forbidden"
+
+
+class BackpressureError(FleetchatError):
+    """The hub cannot take more work right now; retry later. Nothing was written."""
+
+    code = "backpressure"
+
+
+class RequestTimeoutError(FleetchatError, TimeoutError):
+    """No reply arrived before the request's timeout."""
+
+    code = "request_timeout"
+
+
+class ClosedError(FleetchatError):
+    """The hub or subscription is closed."""
+
+    code = "closed"
+
+
+class BackendError(FleetchatError):
+    """A storage or messaging backend failed; the driver's error is the ``__cause__``."""
+
+    code = "backend_error"
+
+
+def _all_subclasses(cls: type[FleetchatError]) -> list[type[FleetchatError]]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def error_from_code(
+    code: str, message: str, details: dict[str, Any] | None = None
+) -> FleetchatError:
+    """Rebuild the error class that owns ``code`` (FleetchatError for unknown codes)."""
+    by_code = {c.code: c for c in _all_subclasses(FleetchatError)}
+    cls = by_code.get(code, FleetchatError)
+    return cls(message, **(details or {}))

@@ -1,0 +1,264 @@
+"""The composition root: ``Hub.open(url)`` wires every service onto its backends."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, overload
+from urllib.parse import urlparse
+
+import msgspec
+
+from fleetchat.backends.local_bus import DLQ_CHANNEL, LocalBus
+from fleetchat.backends.memory import MemoryLog, MemoryStore
+from fleetchat.backends.ports import ChannelLog, Store
+from fleetchat.backends.sqlite import SqliteDatabase, SqliteLog, SqliteStore
+from fleetchat.chat.channels import ChannelRegistry
+from fleetchat.chat.metrics import DeliveryMetrics, MetricsSnapshot
+from fleetchat.chat.publisher import Publisher
+from fleetchat.chat.receipts import Receipts, ReceiptStream
+from fleetchat.chat.requests import RequestRouter
+from fleetchat.chat.subscription import Subscription
+from fleetchat.config import HubSettings
+from fleetchat.errors import ClosedError, ConfigError
+from fleetchat.models import DeadLetter, Message
+from fleetchat.registry.agents import AgentRegistry
+from fleetchat.types import Clock, Priority, SystemClock, check_agent_id
+
+__all__ = ["Hub", "parse_url"]
+
+log = logging.getLogger(__name__)
+_decode_dead_letter = msgspec.convert
+
+
+def parse_url(url: str) -> tuple[Literal["memory", "sqlite"], Path | None]:
+    """``memory://`` or ``sqlite:///relative.db`` / ``sqlite:////absolute.db``.
+
+    Raises:
+        ConfigError: an unknown scheme or a missing path.
+    """
+    parsed = urlparse(url)
+    if parsed.scheme == "memory":
+        return "memory", None
+    if parsed.scheme == "sqlite":
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+        if not path:
+            raise ConfigError(
+                f"{url!r}: write sqlite:///relative/path.db or sqlite:////abs/path.db"
+            )
+        return "sqlite", Path(path)
+    if parsed.scheme in ("nats", "postgresql", "postgres"):
+        raise ConfigError(
+            f"{url!r}: the distributed backends (NATS + PostgreSQL) are not in this version yet; "
+            "use sqlite:///fleetchat.db or memory://"
+        )
+    raise ConfigError(f"unknown backend URL {url!r}: use sqlite:///path.db or memory://")
+
+
+class Hub:
+    """A fleetchat hub, embedded in this process.
+
+    Use it as ``async with Hub.open("sqlite:///hub.db") as hub: ...``; the block starts every
+    service and closes them in order on the way out.
+
+    Attributes:
+        channels: create, list, join, leave and read channels.
+        registry: agents, capabilities, heartbeats, matching.
+        metrics: delivery metrics; ``hub.metrics.snapshot()``.
+    """
+
+    def __init__(self, settings: HubSettings | None = None, *, clock: Clock | None = None) -> None:
+        self.settings = settings or HubSettings()
+        self.clock: Clock = clock or SystemClock()
+        kind, path = parse_url(self.settings.url)
+        chat = self.settings.chat
+        self._db: SqliteDatabase | None = None
+        log_: ChannelLog
+        store: Store
+        if kind == "sqlite":
+            assert path is not None
+            self._db = SqliteDatabase(path, self.settings.storage)
+            log_ = SqliteLog(self._db, chat.publish_timeout)
+            store = SqliteStore(self._db)
+        else:
+            log_ = MemoryLog(chat.retention_count)
+            store = MemoryStore()
+        self._store = store
+        self._receipts = Receipts()
+        self.metrics = DeliveryMetrics(self.clock, self._receipts)
+        self.bus = LocalBus(
+            log_,
+            clock=self.clock,
+            observer=self.metrics,
+            settings=chat,
+            storage=self.settings.storage,
+        )
+        self.channels = ChannelRegistry(self.bus, self.clock, chat)
+        self.registry = AgentRegistry(store, self.clock, self.settings.registry)
+        self._publisher = Publisher(self.bus, self.channels, self.clock, chat)
+        self.requests = RequestRouter(self.bus, self.channels, self.clock, chat, self.metrics)
+        self._state: Literal["new", "open", "closed"] = "new"
+
+    @classmethod
+    def open(
+        cls,
+        url: str | None = None,
+        *,
+        settings: HubSettings | None = None,
+        clock: Clock | None = None,
+    ) -> Hub:
+        """A hub on the backend ``url`` (default ``sqlite:///fleetchat.db``); start it with
+        ``async with`` or ``await hub.start()``."""
+        settings = settings or HubSettings()
+        if url is not None:
+            settings = dataclasses.replace(settings, url=url)
+        return cls(settings, clock=clock)
+
+    async def start(self) -> None:
+        if self._state != "new":
+            raise ClosedError(f"the hub is {self._state}; open a new one")
+        if self._db is not None:
+            await self._db.start()
+        await self._store.start()
+        await self.bus.start()
+        await self.registry.start()
+        self._state = "open"
+        log.info("hub started", extra={"url": self.settings.url})
+
+    async def close(self) -> None:
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        self.requests.close()
+        self._receipts.close()
+        await self.registry.close()
+        await self.bus.close()
+        await self._store.close()
+        if self._db is not None:
+            await self._db.close()
+
+    async def __aenter__(self) -> Hub:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- messaging --------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        body: Any,
+        *,
+        sender: str,
+        priority: Priority | str = Priority.NORMAL,
+        kind: str = "chat",
+        expires_in: float | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Message:
+        """Publish to a channel (or ``@agent`` inbox); see :meth:`Publisher.publish`."""
+        if (
+            channel.startswith("@")
+            and self.bus.channel(channel) is None
+            and channel[1:] in self.registry
+        ):
+            await self.channels.ensure_inbox(channel[1:])
+        return await self._publisher.publish(
+            channel,
+            body,
+            sender=sender,
+            priority=priority,
+            kind=kind,
+            expires_in=expires_in,
+            headers=headers,
+            timeout=timeout,
+        )
+
+    async def subscribe(
+        self, agent_id: str, *channels: str, batch_size: int | None = None
+    ) -> Subscription:
+        """Join ``channels`` (creating missing ones) and return the agent's delivery stream.
+
+        The stream carries everything addressed to the agent, from every channel it is a member
+        of and from its inbox ``@agent_id``, highest priority first.
+        """
+        check_agent_id(agent_id)
+        await self.channels.ensure_inbox(agent_id)
+        for name in channels:
+            await self.channels.join(name, agent_id)
+        return Subscription(
+            self.bus, self.requests, agent_id, batch_size or self.settings.chat.fetch_batch
+        )
+
+    async def unsubscribe(self, agent_id: str, channel: str) -> bool:
+        """Leave ``channel``; see :meth:`ChannelRegistry.leave`."""
+        return await self.channels.leave(channel, agent_id)
+
+    @overload
+    async def request(
+        self,
+        target: str,
+        body: Any,
+        *,
+        sender: str,
+        timeout: float | None = ...,
+        collect: Literal[False] = ...,
+        priority: Priority | str = ...,
+    ) -> Message: ...
+
+    @overload
+    async def request(
+        self,
+        target: str,
+        body: Any,
+        *,
+        sender: str,
+        timeout: float | None = ...,
+        collect: Literal[True],
+        priority: Priority | str = ...,
+    ) -> list[Message]: ...
+
+    async def request(
+        self,
+        target: str,
+        body: Any,
+        *,
+        sender: str,
+        timeout: float | None = None,
+        collect: bool = False,
+        priority: Priority | str = Priority.NORMAL,
+    ) -> Message | list[Message]:
+        """Ask an agent or a channel and wait for the reply; see :meth:`RequestRouter.request`."""
+        if collect:
+            return await self.requests.request(
+                target, body, sender=sender, timeout=timeout, collect=True, priority=priority
+            )
+        return await self.requests.request(
+            target, body, sender=sender, timeout=timeout, priority=priority
+        )
+
+    def receipts(self, sender: str) -> ReceiptStream:
+        """Receipts (delivered, dead_lettered, expired) for every delivery of ``sender``'s
+        messages, from now on."""
+        return self._receipts.open(check_agent_id(sender, "sender"))
+
+    def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
+        """The newest dead letters, oldest first."""
+        channel = self.channels.get(DLQ_CHANNEL)
+        start = max(channel.last_seq - limit + 1, 1)
+        return [
+            _decode_dead_letter(m.body, DeadLetter)
+            for m in self.bus.history(DLQ_CHANNEL, start_seq=start, limit=limit)
+        ]
+
+    def delivery_metrics(self) -> MetricsSnapshot:
+        return self.metrics.snapshot()
