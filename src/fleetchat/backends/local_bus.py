@@ -483,6 +483,9 @@ class LocalBus:
                 self._dead_letter(member, m, attempt, reason)
                 continue
             member.retries[m.id] = attempt
+            cur = member.cursors.get(m.channel)
+            if cur is not None and cur.durable:
+                cur.touch()  # so the attempt count survives a restart
             self._observer.on_retry(member.id, m, attempt + 1, reason)
             later.setdefault(qos.backoff(attempt) if delay is None else delay, []).append(m)
         batch.pending -= len(idxs)

@@ -58,6 +58,10 @@ class Cursor:
             self.floor = floor
         elif seq > self.floor:
             self.above.add(seq)
+        self.touch()
+
+    def touch(self) -> None:
+        """Mark the cursor for the next save (settled seqs or retry counts changed)."""
         if not self.dirty:
             self.dirty = True
             self._dirty_list.append(self)

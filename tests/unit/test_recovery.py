@@ -1,0 +1,132 @@
+"""What survives a restart of an embedded SQLite hub, and edge cases of settling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleetchat import ChatSettings, ClosedError, Hub, HubSettings, Priority, QosSettings
+from fleetchat.testing import FakeClock
+
+
+def _url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'hub.db'}"
+
+
+async def test_out_of_order_acks_survive_a_restart(tmp_path: Path) -> None:
+    async with Hub.open(_url(tmp_path)) as hub:
+        await hub.channels.create("c", announce=False)
+        sub = await hub.subscribe("arm", "c")
+        routine = await hub.publish("c", "routine", sender="boss", priority="normal")
+        await hub.publish("c", "urgent", sender="boss", priority="critical")
+        urgent = await sub.next(timeout=0)
+        assert urgent.body == "urgent"
+        await urgent.ack()  # acked before the older normal message: settled above the floor
+    async with Hub.open(_url(tmp_path)) as hub:
+        sub = await hub.subscribe("arm")
+        again = await sub.next(timeout=1)
+        assert again.message.id == routine.id
+        assert await sub.fetch(timeout=0) is None
+
+
+async def test_failed_attempts_survive_a_restart(tmp_path: Path) -> None:
+    clock = FakeClock()
+    qos = {p: QosSettings(ack_timeout=1.0, max_attempts=5) for p in Priority}
+    settings = HubSettings(url=_url(tmp_path), chat=ChatSettings(qos=qos))
+    async with Hub(settings, clock=clock) as hub:
+        await hub.channels.create("c", announce=False)
+        sub = await hub.subscribe("arm", "c")
+        await hub.publish("c", "x", sender="boss")
+        await sub.next(timeout=0)
+        await clock.advance(1.0)  # attempt 1 times out
+        await clock.advance(0.2)  # backoff passes, and cursors are flushed
+    async with Hub(settings, clock=FakeClock()) as hub:
+        d = await (await hub.subscribe("arm")).next(timeout=1)
+        assert d.attempt == 2
+
+
+async def test_a_members_own_messages_are_skipped_when_it_catches_up(tmp_path: Path) -> None:
+    settings = HubSettings(url=_url(tmp_path), chat=ChatSettings(member_queue_limit=3))
+    async with Hub(settings) as hub:
+        await hub.channels.create("c", announce=False)
+        sub = await hub.subscribe("arm", "c")
+        await hub.subscribe("other", "c")
+        for i in range(10):
+            await hub.publish("c", f"theirs-{i}", sender="other")
+            await hub.publish("c", f"mine-{i}", sender="arm")
+        got = []
+        while (batch := await sub.fetch(timeout=0)) is not None:
+            got.extend(m.body for m in batch.messages)
+            await batch.ack()
+        assert got == [f"theirs-{i}" for i in range(10)]
+
+
+async def test_a_retry_for_a_channel_left_meanwhile_is_not_delivered(
+    hub: Hub, clock: FakeClock
+) -> None:
+    await hub.channels.create("c", announce=False)
+    sub = await hub.subscribe("arm", "c")
+    await hub.publish("c", "x", sender="boss")
+    d = await sub.next(timeout=0)
+    await d.nack()
+    await hub.unsubscribe("arm", "c")
+    await clock.advance(1.0)
+    assert await sub.fetch(timeout=0) is None
+
+
+async def test_acking_twice_changes_nothing(hub: Hub) -> None:
+    await hub.channels.create("c", announce=False)
+    sub = await hub.subscribe("arm", "c")
+    await hub.publish("c", "x", sender="boss")
+    batch = await sub.fetch(timeout=0)
+    assert batch is not None
+    assert await batch.ack() == 1
+    assert await batch.ack() == 0
+    assert hub.metrics.snapshot().delivered == 1
+
+
+async def test_a_closed_hub_refuses_publish_and_fetch(backend_url: str) -> None:
+    hub = Hub.open(backend_url)
+    await hub.start()
+    await hub.channels.create("c", announce=False)
+    sub = await hub.subscribe("arm", "c")
+    await hub.close()
+    await hub.close()  # closing twice is fine
+    with pytest.raises(ClosedError):
+        await hub.publish("c", "x", sender="boss")
+    with pytest.raises(ClosedError):
+        await sub.fetch(timeout=0)
+    with pytest.raises(ClosedError):
+        await hub.start()
+
+
+async def test_a_closed_subscription_refuses_fetch(hub: Hub) -> None:
+    sub = await hub.subscribe("arm")
+    await sub.close()
+    with pytest.raises(ClosedError):
+        await sub.fetch()
+    assert [d async for d in sub] == []
+
+
+async def test_deleting_an_ephemeral_channel_drops_its_ring(hub: Hub) -> None:
+    await hub.channels.create("t", ephemeral=True, announce=False)
+    await hub.publish("t", 1, sender="sensor")
+    await hub.channels.delete("t")
+    await hub.channels.create("t", ephemeral=True, announce=False)
+    assert hub.channels.history("t") == []
+
+
+async def test_dead_letters_survive_a_restart(tmp_path: Path) -> None:
+    async with Hub.open(_url(tmp_path)) as hub:
+        await hub.channels.create("c", announce=False)
+        sub = await hub.subscribe("arm", "c")
+        msg = await hub.publish("c", "poison", sender="boss")
+        await (await sub.next(timeout=0)).nack(dead_letter=True)
+        from fleetchat.testing import assert_eventually
+
+        await assert_eventually(lambda: hub.dead_letters())
+    async with Hub.open(_url(tmp_path)) as hub:
+        (letter,) = hub.dead_letters()
+        assert letter.message.id == msg.id
+        assert await (await hub.subscribe("arm")).fetch(timeout=0) is None
