@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fleetchat.errors import FleetchatError
 
@@ -62,7 +63,7 @@ def main() -> None:
     try:
         app()
     except FleetchatError as exc:
-        err.print(f"[red]error[/red] [{exc.code}] {exc.message}")
+        err.print(f"[red]error[/red] {escape(f'[{exc.code}]')} {escape(exc.message)}")
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
