@@ -128,6 +128,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     """Convert a TOML or environment value to the annotated type ``tp``."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a table", path=path)
         return _build(tp, value, path)
@@ -164,7 +166,17 @@ def _build(cls: type[Any], values: Mapping[str, Any], path: str = "") -> Any:
     unknown = set(values) - names
     if unknown:
         raise ConfigError(f"unknown setting(s) {sorted(unknown)} in {path or 'top level'}")
-    kwargs = {k: _coerce(hints[k], v, f"{path}.{k}" if path else k) for k, v in values.items()}
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        if isinstance(value, Mapping) and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if isinstance(default, dict):
+                # A partial table (one priority's QoS) keeps the defaults of the others.
+                value = {**{str(k): v for k, v in default.items()}, **value}
+        kwargs[f.name] = _coerce(hints[f.name], value, f"{path}.{f.name}" if path else f.name)
     return cls(**kwargs)
 
 

@@ -130,3 +130,18 @@ async def test_dead_letters_survive_a_restart(tmp_path: Path) -> None:
         (letter,) = hub.dead_letters()
         assert letter.message.id == msg.id
         assert await (await hub.subscribe("arm")).fetch(timeout=0) is None
+
+
+async def test_seqs_never_rewind_after_retention_empties_a_channel(tmp_path: Path) -> None:
+    clock = FakeClock()
+    settings = HubSettings(url=_url(tmp_path))
+    async with Hub(settings, clock=clock) as hub:
+        await hub.channels.create("c", retention_age=10, announce=False)
+        for i in range(3):
+            await hub.publish("c", i, sender="boss")
+        await clock.advance(60)
+        await hub.bus.sweep()
+        assert hub.channels.history("c") == []
+    async with Hub(settings, clock=clock) as hub:
+        msg = await hub.publish("c", "next", sender="boss")
+        assert msg.seq == 4

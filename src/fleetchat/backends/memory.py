@@ -42,10 +42,11 @@ def select_history(
 
 
 class _Ring:
-    __slots__ = ("cap", "messages")
+    __slots__ = ("cap", "last_seq", "messages")
 
     def __init__(self, cap: int | None) -> None:
         self.cap = cap
+        self.last_seq = 0
         self.messages: deque[Message] = deque()
 
 
@@ -82,7 +83,7 @@ class MemoryLog:
         return list(self._cursors.values())
 
     def last_seqs(self) -> dict[str, int]:
-        return {name: r.messages[-1].seq for name, r in self._rings.items() if r.messages}
+        return {name: r.last_seq for name, r in self._rings.items() if r.last_seq}
 
     def _ring(self, channel: str) -> _Ring:
         ring = self._rings.get(channel)
@@ -117,6 +118,7 @@ class MemoryLog:
         for m in messages:
             ring = self._ring(m.channel)
             ring.messages.append(m)
+            ring.last_seq = m.seq
             if ring.cap is not None and len(ring.messages) > ring.cap:
                 ring.messages.popleft()
         self.on_commit(messages)
@@ -128,9 +130,9 @@ class MemoryLog:
 
     def first_seq(self, channel: str) -> int:
         ring = self._rings.get(channel)
-        if ring is None or not ring.messages:
+        if ring is None:
             return 1
-        return ring.messages[0].seq
+        return ring.messages[0].seq if ring.messages else ring.last_seq + 1
 
     def read(self, channel: str, after_seq: int, limit: int) -> list[Message]:
         ring = self._rings.get(channel)

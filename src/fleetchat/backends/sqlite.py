@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, data BLOB NOT NULL);
+-- Newest seq per channel, kept by retention sweeps so emptying a log never rewinds it.
+CREATE TABLE IF NOT EXISTS high_water (channel TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS members (
     channel TEXT NOT NULL, member TEXT NOT NULL, PRIMARY KEY (channel, member)
 ) WITHOUT ROWID;
@@ -262,17 +264,24 @@ class SqliteLog:
         return None
 
     def load_channels(self) -> list[Channel]:
-        rows = self.db.query("SELECT data FROM channels")
-        channels = [_decode_channel(r[0]) for r in rows]
+        rows = self.db.query(
+            "SELECT c.data, COALESCE(h.last_seq, 0) FROM channels c "
+            "LEFT JOIN high_water h ON h.channel = c.name"
+        )
+        channels = []
         stats = {
             r[0]: (r[1], r[2])
             for r in self.db.query(
                 "SELECT channel, MAX(seq), MAX(created_at) FROM messages GROUP BY channel"
             )
         }
-        for c in channels:
-            if c.name in stats and not c.ephemeral:
-                c.last_seq, c.last_activity_at = stats[c.name]
+        for data, high_water in rows:
+            c = _decode_channel(data)
+            if not c.ephemeral:
+                last_seq, last_at = stats.get(c.name, (0, c.last_activity_at))
+                c.last_seq = max(last_seq, high_water)
+                c.last_activity_at = max(last_at, c.last_activity_at)
+            channels.append(c)
         return channels
 
     def load_members(self) -> list[tuple[str, str]]:
@@ -282,14 +291,22 @@ class SqliteLog:
         return [_decode_cursor(r[0]) for r in self.db.query("SELECT data FROM cursors")]
 
     def last_seqs(self) -> dict[str, int]:
-        rows = self.db.query("SELECT channel, MAX(seq) FROM messages GROUP BY channel")
-        return {r[0]: r[1] for r in rows}
+        out = {
+            r[0]: r[1]
+            for r in self.db.query("SELECT channel, MAX(seq) FROM messages GROUP BY channel")
+        }
+        for name, high_water in self.db.query("SELECT channel, last_seq FROM high_water"):
+            if high_water > out.get(name, 0):
+                out[name] = high_water
+        return out
 
     async def save_channel(self, channel: Channel) -> None:
         data = _encode(channel)
         await self.db.write(
             lambda c: c.execute(
-                "INSERT OR REPLACE INTO channels (name, data) VALUES (?, ?)", (channel.name, data)
+                "INSERT INTO channels (name, data) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+                (channel.name, data),
             )
         )
 
@@ -299,6 +316,7 @@ class SqliteLog:
             c.execute("DELETE FROM members WHERE channel = ?", (name,))
             c.execute("DELETE FROM messages WHERE channel = ?", (name,))
             c.execute("DELETE FROM cursors WHERE channel = ?", (name,))
+            c.execute("DELETE FROM high_water WHERE channel = ?", (name,))
 
         await self.db.write(op)
 
@@ -326,7 +344,10 @@ class SqliteLog:
 
     def first_seq(self, channel: str) -> int:
         row = self.db.query("SELECT MIN(seq) FROM messages WHERE channel = ?", (channel,))
-        return int(row[0][0]) if row and row[0][0] is not None else 1
+        if row and row[0][0] is not None:
+            return int(row[0][0])
+        high = self.db.query("SELECT last_seq FROM high_water WHERE channel = ?", (channel,))
+        return int(high[0][0]) + 1 if high else 1
 
     def read(self, channel: str, after_seq: int, limit: int) -> list[Message]:
         rows = self.db.query(
@@ -366,6 +387,14 @@ class SqliteLog:
         counts: list[int] = []
 
         def op(c: sqlite3.Connection) -> None:
+            # Remember the newest seq first, so emptying the log never rewinds the channel.
+            c.execute(
+                "INSERT INTO high_water (channel, last_seq) "
+                "SELECT channel, MAX(seq) FROM messages WHERE channel = ? GROUP BY channel "
+                "ON CONFLICT (channel) DO UPDATE SET "
+                "last_seq = MAX(high_water.last_seq, excluded.last_seq)",
+                (channel,),
+            )
             n = 0
             if keep is not None:
                 n += c.execute(

@@ -283,6 +283,8 @@ class AgentRegistry:
             load_threshold=self.settings.load_threshold,
         )
         if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise InvalidInputError("limit must be a positive integer", field="limit")
             ranked = ranked[:limit]
         return [AgentMatch(agent=a, score=s) for a, s in ranked]
 

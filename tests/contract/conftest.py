@@ -1,0 +1,61 @@
+"""Fixtures for the backend contract tests: every port implementation, on a real file for SQLite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from fleetchat.backends.memory import MemoryLog, MemoryStore
+from fleetchat.backends.ports import ChannelLog, Store
+from fleetchat.backends.sqlite import SqliteDatabase, SqliteLog, SqliteStore
+
+Commit = Callable[[], Awaitable[None]]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def channel_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChannelLog]:
+    """A started ChannelLog: MemoryLog, or SqliteLog on a fresh file."""
+    if request.param == "memory":
+        mem = MemoryLog()
+        await mem.start()
+        yield mem
+        await mem.close()
+        return
+    db = SqliteDatabase(tmp_path / "log.db")
+    await db.start()
+    log = SqliteLog(db)
+    await log.start()
+    yield log
+    await log.close()
+    await db.close()
+
+
+@pytest.fixture
+def commit(channel_log: ChannelLog) -> Commit:
+    """Force a commit, so writes queued without a wait (save_cursors) reach the log."""
+
+    async def run() -> None:
+        if isinstance(channel_log, SqliteLog):
+            await channel_log.db.write(lambda conn: None)
+
+    return run
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A started Store: MemoryStore, or SqliteStore on a fresh file."""
+    if request.param == "memory":
+        mem = MemoryStore()
+        await mem.start()
+        yield mem
+        await mem.close()
+        return
+    db = SqliteDatabase(tmp_path / "store.db")
+    await db.start()
+    sql = SqliteStore(db)
+    await sql.start()
+    yield sql
+    await sql.close()
+    await db.close()
