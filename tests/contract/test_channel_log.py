@@ -6,8 +6,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import pytest
-
 from fleetchat.backends.ports import ChannelLog, CursorRecord
 from fleetchat.backends.sqlite import SqliteDatabase, SqliteLog
 from fleetchat.config import StorageSettings

@@ -235,7 +235,8 @@ async def test_competing_subscriptions_of_one_agent_share_its_queue(hub: Hub) ->
         await hub.publish("c", i, sender="boss")
     first = await a.fetch(max_items=2, timeout=0)
     second = await b.fetch(max_items=2, timeout=0)
-    assert first is not None and second is not None
+    assert first is not None
+    assert second is not None
     assert [m.body for m in first.messages] + [m.body for m in second.messages] == [0, 1, 2, 3]
 
 

@@ -159,10 +159,8 @@ class ChannelRegistry:
         """Create ``@agent_id`` (if missing) with the agent as its only member."""
         name = inbox_name(check_agent_id(agent_id))
         if self._bus.channel(name) is None:
-            try:
+            with contextlib.suppress(ChannelExistsError):  # created concurrently
                 await self._create(name, type="direct", announce=False)
-            except ChannelExistsError:
-                pass  # created concurrently
         await self._bus.add_member(name, agent_id)
         return name
 

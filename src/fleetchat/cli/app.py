@@ -42,11 +42,12 @@ def demo(
     log_level: Annotated[str, typer.Option(help="Log level: warning, info, debug.")] = "warning",
 ) -> None:
     """Run the embedded demo: a fleet talking in channels with mixed priorities."""
-    from fleetchat.cli.demo import run_demo
+    from fleetchat.cli.demo import fresh_database, run_demo
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    fresh_database(db)
     _run(run_demo(seconds=seconds, n_agents=agents, url=db))
 
 

@@ -29,11 +29,15 @@ KINDS = {
 }
 
 
-async def run_demo(*, seconds: float, n_agents: int, url: str) -> None:
+def fresh_database(url: str) -> None:
+    """Delete the demo's SQLite file (and its WAL) so every run starts clean."""
     kind, path = parse_url(url)
     if kind == "sqlite" and path is not None:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+async def run_demo(*, seconds: float, n_agents: int, url: str) -> None:
     # A short ack timeout so the silent member's retries and dead letter fit in the run.
     qos = {p: QosSettings(ack_timeout=1.0, max_attempts=3) for p in Priority}
     settings = HubSettings(
