@@ -43,9 +43,21 @@ class QosSettings:
     backoff_max: float = 5.0
     """Upper bound of the retry backoff, in seconds. Default 5."""
 
+    def __post_init__(self) -> None:
+        _positive(self, "ack_timeout", "backoff_base", "backoff_max")
+        if self.max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1", field="max_attempts")
+
     def backoff(self, failed_attempts: int) -> float:
         """Delay before the attempt after ``failed_attempts`` failures: base x 2^(n-1), capped."""
         return float(min(self.backoff_base * 2 ** (failed_attempts - 1), self.backoff_max))
+
+
+def _positive(settings: object, *names: str) -> None:
+    for name in names:
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{name} must be a positive number, not {value!r}", field=name)
 
 
 def _default_qos() -> dict[Priority, QosSettings]:
@@ -78,6 +90,22 @@ class ChatSettings:
     publish_timeout: float = 5.0
     """Longest a publish waits for room (commit backlog or a blocking channel). Default 5 s."""
 
+    def __post_init__(self) -> None:
+        missing = [str(p) for p in Priority if p not in self.qos]
+        if missing:
+            raise ConfigError(f"chat.qos lacks {', '.join(missing)}", field="qos")
+        _positive(
+            self,
+            "max_body_bytes",
+            "member_queue_limit",
+            "fetch_batch",
+            "request_timeout",
+            "history_limit",
+            "retention_count",
+            "ephemeral_retention_count",
+            "publish_timeout",
+        )
+
     def qos_for(self, priority: Priority | str) -> QosSettings:
         return self.qos[Priority(priority)]
 
@@ -95,6 +123,11 @@ class RegistrySettings:
     min_confidence: float = 0.8
     """Lowest match score find_best_agents keeps. Default 0.8."""
 
+    def __post_init__(self) -> None:
+        _positive(self, "heartbeat_interval", "missed_heartbeats", "load_threshold")
+        if not 0 <= self.min_confidence <= 1:
+            raise ConfigError("min_confidence must be in 0..1", field="min_confidence")
+
 
 @dataclass(frozen=True, slots=True)
 class StorageSettings:
@@ -111,6 +144,17 @@ class StorageSettings:
     """Seconds between saves of members' ack cursors. Default 0.1."""
     maintenance_interval: float = 1.0
     """Seconds between retention sweeps. Default 1."""
+
+    def __post_init__(self) -> None:
+        if self.sync not in ("normal", "full"):
+            raise ConfigError("storage.sync must be normal or full", field="sync")
+        _positive(
+            self,
+            "commit_max_batch",
+            "max_pending_writes",
+            "cursor_flush_interval",
+            "maintenance_interval",
+        )
 
 
 @dataclass(frozen=True, slots=True)

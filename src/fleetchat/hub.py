@@ -238,6 +238,10 @@ class Hub:
         priority: Priority | str = Priority.NORMAL,
     ) -> Message | list[Message]:
         """Ask an agent or a channel and wait for the reply; see :meth:`RequestRouter.request`."""
+        if target.startswith("@") or self.bus.channel(target) is None:
+            agent_id = target.removeprefix("@")
+            if self.bus.channel(f"@{agent_id}") is None and agent_id in self.registry:
+                await self.channels.ensure_inbox(agent_id)
         if collect:
             return await self.requests.request(
                 target, body, sender=sender, timeout=timeout, collect=True, priority=priority

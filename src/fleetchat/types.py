@@ -77,7 +77,7 @@ def check_channel_name(value: object, field: str = "channel") -> str:
 
 
 def new_id() -> str:
-    """A new message id: 26 hex-ish chars, time-ordered (ms timestamp + 80 random bits)."""
+    """A new message id: 32 hex chars, time-ordered (ms timestamp + 80 random bits)."""
     return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
 
 

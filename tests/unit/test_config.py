@@ -274,3 +274,23 @@ def test_env_without_the_prefix_is_ignored() -> None:
 def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         StorageSettings().sync = "full"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        ("QosSettings", {"max_attempts": 0}),
+        ("QosSettings", {"ack_timeout": -1}),
+        ("ChatSettings", {"member_queue_limit": 0}),
+        ("ChatSettings", {"qos": {}}),
+        ("RegistrySettings", {"min_confidence": 1.5}),
+        ("RegistrySettings", {"heartbeat_interval": 0}),
+        ("StorageSettings", {"sync": "sometimes"}),
+        ("StorageSettings", {"commit_max_batch": 0}),
+    ],
+)
+def test_settings_out_of_range_are_config_errors(cls: str, kwargs: dict[str, object]) -> None:
+    import fleetchat
+
+    with pytest.raises(fleetchat.ConfigError):
+        getattr(fleetchat, cls)(**kwargs)

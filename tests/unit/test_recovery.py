@@ -145,3 +145,60 @@ async def test_seqs_never_rewind_after_retention_empties_a_channel(tmp_path: Pat
     async with Hub(settings, clock=clock) as hub:
         msg = await hub.publish("c", "next", sender="boss")
         assert msg.seq == 4
+
+
+async def test_closing_a_subscription_wakes_a_waiting_next(hub: Hub) -> None:
+    import asyncio
+
+    sub = await hub.subscribe("arm")
+    waiting = asyncio.ensure_future(sub.next())
+    await asyncio.sleep(0)
+    await sub.close()
+    with pytest.raises(ClosedError):
+        await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_delivered_receipt_names_the_attempt(hub: Hub, clock: FakeClock) -> None:
+    await hub.channels.create("c", announce=False)
+    sub = await hub.subscribe("arm", "c")
+    receipts = hub.receipts("boss")
+    await hub.publish("c", "x", sender="boss")
+    await (await sub.next(timeout=0)).nack()
+    await clock.advance(1.0)
+    await (await sub.next(timeout=0)).ack()
+    assert (await receipts.next(timeout=1)).attempts == 2
+
+
+async def test_an_undeliverable_dead_letter_is_not_dead_lettered_again(
+    hub: Hub, clock: FakeClock
+) -> None:
+    await hub.channels.create("c", announce=False)
+    watcher = await hub.subscribe("watcher")
+    await hub.bus.add_member("$dlq", "watcher")
+    arm = await hub.subscribe("arm", "c")
+    await hub.publish("c", "poison", sender="boss")
+    await (await arm.next(timeout=0)).nack(dead_letter=True)
+    from fleetchat.testing import assert_eventually
+
+    await assert_eventually(lambda: len(hub.dead_letters()) == 1)
+    for _ in range(3):
+        await (await watcher.next(timeout=0)).nack(dead_letter=True)
+        await clock.advance(10)
+        if await watcher.fetch(timeout=0) is None:
+            break
+    assert len(hub.dead_letters()) == 1
+
+
+async def test_a_request_reaches_a_registered_agent_without_an_inbox_yet(
+    hub: Hub, clock: FakeClock
+) -> None:
+    import asyncio
+
+    from fleetchat import RequestTimeoutError
+
+    await hub.registry.register("calc")
+    pending = asyncio.ensure_future(hub.request("calc", "q", sender="planner", timeout=1))
+    await clock.advance(1)
+    with pytest.raises(RequestTimeoutError):
+        await pending
+    assert hub.channels.members("@calc") == ["calc"]

@@ -270,7 +270,7 @@ class LocalBus:
             self._eph.append_now(ephemeral)
         if durable:
             try:
-                await self._log.append(durable)
+                await self._log.append(durable, timeout)
             except BaseException:
                 # Give back the seqs if nothing was assigned after them (the common case);
                 # otherwise the gap is skipped by readers.
@@ -369,6 +369,7 @@ class LocalBus:
                 return None
             fut: asyncio.Future[None] = loop.create_future()
             member.waiters.append(fut)
+            member.consumer_waits[consumer] = fut
             timer = (
                 None
                 if remaining is None
@@ -377,6 +378,7 @@ class LocalBus:
             try:
                 await fut
             finally:
+                member.consumer_waits.pop(consumer, None)
                 if timer is not None:
                     timer.cancel()
 
@@ -386,7 +388,7 @@ class LocalBus:
         live = [m for m in items if m.expires_at is None or m.expires_at > now]
         if len(live) != len(items):
             for m in items:
-                if m.expires_at is not None and m.expires_at <= now:
+                if m.expires_at is not None and m.expires_at <= now and m.seq:
                     self._settle_dropped(member, m)
                     self._observer.on_expired(member.id, m)
             if not live:
@@ -433,7 +435,8 @@ class LocalBus:
         if batch.pending == 0:
             self._finish(batch)
         if n:
-            self._observer.on_acked(member.id, acked, self._clock.time())
+            attempts = batch.attempts if n == len(items) else [batch.attempts[i] for i in idxs]
+            self._observer.on_acked(member.id, acked, attempts, self._clock.time())
             self._after_room(member)
         return n
 
@@ -480,7 +483,12 @@ class LocalBus:
             m = batch.items[i]
             attempt = batch.attempts[i]
             if dead or attempt >= qos.max_attempts:
-                self._dead_letter(member, m, attempt, reason)
+                if m.channel == DLQ_CHANNEL:
+                    # A dead letter that cannot be delivered is not dead-lettered again.
+                    log.warning("dropping undeliverable dead letter", extra={"member": member.id})
+                    self._settle_dropped(member, m)
+                else:
+                    self._dead_letter(member, m, attempt, reason)
                 continue
             member.retries[m.id] = attempt
             cur = member.cursors.get(m.channel)
@@ -515,6 +523,9 @@ class LocalBus:
         member = self._members.get(member_id)
         if member is None:
             return
+        waiting = member.consumer_waits.pop(consumer, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_exception(ClosedError("the subscription is closed"))
         for batch in [b for b in member.batches if b.consumer == consumer]:
             msgs = [m for m, o in zip(batch.items, batch.open, strict=True) if o]
             for i, o in enumerate(batch.open):

@@ -116,6 +116,7 @@ class MemberState:
 
     __slots__ = (
         "batches",
+        "consumer_waits",
         "cursors",
         "delayed",
         "id",
@@ -141,6 +142,7 @@ class MemberState:
         self.retries: dict[str, int] = {}
         self.lagging: set[str] = set()
         self.waiters: deque[asyncio.Future[None]] = deque()
+        self.consumer_waits: dict[int, asyncio.Future[None]] = {}
         self.room_waiters: list[asyncio.Future[None]] = []
 
     @property

@@ -110,7 +110,7 @@ class MemoryLog:
         self._members.pop((channel, member), None)
         self._cursors.pop((member, channel), None)
 
-    async def append(self, messages: list[Message]) -> None:
+    async def append(self, messages: list[Message], timeout: float = 5.0) -> None:
         self.append_now(messages)
 
     def append_now(self, messages: list[Message]) -> None:

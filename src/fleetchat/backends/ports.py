@@ -68,7 +68,9 @@ class ChannelLog(Protocol):
 
     async def remove_member(self, channel: str, member: str) -> None: ...
 
-    async def append(self, messages: list[Message]) -> None: ...
+    async def append(self, messages: list[Message], timeout: float = 5.0) -> None:
+        """Commit ``messages``; waits at most ``timeout`` s for room in the write backlog."""
+        ...
 
     def save_cursors(self, cursors: list[CursorRecord]) -> None:
         """Save cursors with the next commit (no wait: losing them only means redelivery)."""
@@ -117,7 +119,11 @@ class DeliveryObserver(Protocol):
 
     def on_published(self, messages: Sequence[Message]) -> None: ...
 
-    def on_acked(self, member: str, messages: Sequence[Message], now: float) -> None: ...
+    def on_acked(
+        self, member: str, messages: Sequence[Message], attempts: Sequence[int], now: float
+    ) -> None:
+        """``attempts[i]`` is the attempt on which ``messages[i]`` was acked."""
+        ...
 
     def on_retry(self, member: str, message: Message, attempt: int, reason: str) -> None: ...
 

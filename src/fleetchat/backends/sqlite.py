@@ -336,8 +336,8 @@ class SqliteLog:
 
         await self.db.write(op)
 
-    async def append(self, messages: list[Message]) -> None:
-        await self.db.write_messages(messages, self.publish_timeout)
+    async def append(self, messages: list[Message], timeout: float | None = None) -> None:
+        await self.db.write_messages(messages, self.publish_timeout if timeout is None else timeout)
 
     def save_cursors(self, cursors: list[CursorRecord]) -> None:
         self.db.save_cursors(cursors)

@@ -175,9 +175,10 @@ class ChannelRegistry:
         if name.startswith("@") and name != inbox_name(agent_id):
             raise ForbiddenError("only its owner joins a direct inbox", channel=name)
         if self._bus.channel(name) is None:
-            if name[0] in "$@" and name == inbox_name(agent_id):
+            if name == inbox_name(agent_id):
                 await self.ensure_inbox(agent_id)
                 return True
+            if name[0] in "$@":
                 raise ChannelNotFoundError(f"no channel {name!r}", channel=name)
             with contextlib.suppress(ChannelExistsError):
                 await self.create(name)

@@ -110,7 +110,9 @@ class DeliveryMetrics:
         for m in messages:
             by[m.priority] += 1
 
-    def on_acked(self, member: str, messages: Sequence[Message], now: float) -> None:
+    def on_acked(
+        self, member: str, messages: Sequence[Message], attempts: Sequence[int], now: float
+    ) -> None:
         n = len(messages)
         self.delivered += n
         by = self.delivered_by_priority
@@ -125,7 +127,7 @@ class DeliveryMetrics:
                 lo, hi = int(k * step), int((k + 1) * step)
                 hist.record(now - messages[lo].created_at, hi - lo)
         if self.receipts is not None and self.receipts.active:
-            self.receipts.on_outcome(member, messages, "delivered", now)
+            self.receipts.on_outcome(member, messages, "delivered", now, attempts)
 
     def on_retry(self, member: str, message: Message, attempt: int, reason: str) -> None:
         self.retries += 1
@@ -134,7 +136,7 @@ class DeliveryMetrics:
         self.dead_lettered += 1
         if self.receipts is not None and self.receipts.active:
             self.receipts.on_outcome(
-                member, [message], "dead_lettered", self._clock.time(), attempts
+                member, [message], "dead_lettered", self._clock.time(), [attempts]
             )
 
     def on_expired(self, member: str, message: Message) -> None:

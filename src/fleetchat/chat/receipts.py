@@ -99,10 +99,10 @@ class Receipts:
         messages: Sequence[Message],
         status: ReceiptStatus,
         at: float,
-        attempts: int = 1,
+        attempts: Sequence[int] | None = None,
     ) -> None:
         streams = self._streams
-        for m in messages:
+        for i, m in enumerate(messages):
             targets = streams.get(m.sender)
             if not targets:
                 continue
@@ -112,7 +112,7 @@ class Receipts:
                 seq=m.seq,
                 member=member,
                 status=status,
-                attempts=attempts,
+                attempts=attempts[i] if attempts else 1,
                 at=at,
             )
             for s in targets:
