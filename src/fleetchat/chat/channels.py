@@ -182,10 +182,12 @@ class ChannelRegistry:
                 raise ChannelNotFoundError(f"no channel {name!r}", channel=name)
             with contextlib.suppress(ChannelExistsError):
                 await self.create(name)
-        added = await self._bus.add_member(name, agent_id)
-        if added:
-            await self._announce(name, agent_id, "joined")
-        return added
+        if agent_id in self._bus.members(name):
+            return False
+        # Announced just before the membership starts, so the others see it and the newcomer
+        # does not receive its own announcement.
+        await self._announce(name, agent_id, "joined")
+        return await self._bus.add_member(name, agent_id)
 
     async def leave(self, name: str, agent_id: str) -> bool:
         """Remove ``agent_id`` from ``name``; posts "agent X left". False if it was not a member."""
