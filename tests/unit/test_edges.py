@@ -107,7 +107,8 @@ async def test_latency_of_large_batches_is_sampled_with_weights(hub: Hub, clock:
         await hub.publish("c", i, sender="boss")
     await clock.advance(0.002)
     batch = await sub.fetch(timeout=0)
-    assert batch is not None and len(batch) == 100
+    assert batch is not None
+    assert len(batch) == 100
     await batch.ack()
     assert hub.metrics.latency.count == 100
     assert 1.5 <= hub.delivery_metrics().latency_p50_ms <= 2.5
