@@ -409,36 +409,50 @@ class LocalBus:
         """Ack one item (``index``) or every open item of ``batch``; returns how many."""
         if batch.pending == 0:
             return 0
-        member = batch.member
-        open_ = batch.open
         items = batch.items
-        idxs = (
-            [i for i, o in enumerate(open_) if o]
-            if index is None
-            else ([index] if open_[index] else [])
-        )
-        acked = []
-        retries = member.retries
-        cursors = member.cursors
-        for i in idxs:
-            open_[i] = False
-            m = items[i]
-            acked.append(m)
-            if retries:
-                retries.pop(m.id, None)
-            cur = cursors.get(m.channel)
-            if cur is not None and cur.durable:
-                cur.settle(m.seq)
+        if index is None and batch.pending == len(items):
+            # The common case: the whole batch at once. ``open`` is left as it is: a batch
+            # with nothing pending is finished and never looked at again.
+            idxs = None
+            acked = items
+            self._settle_all(batch.member, items)
+        else:
+            open_ = batch.open
+            idxs = [i for i, o in enumerate(open_) if o] if index is None else [index]
+            idxs = [i for i in idxs if open_[i]]
+            acked = [items[i] for i in idxs]
+            for i in idxs:
+                open_[i] = False
+            self._settle_all(batch.member, acked)
+        member = batch.member
         n = len(acked)
         batch.pending -= n
         member.inflight -= n
         if batch.pending == 0:
             self._finish(batch)
         if n:
-            attempts = batch.attempts if n == len(items) else [batch.attempts[i] for i in idxs]
+            attempts = batch.attempts if idxs is None else [batch.attempts[i] for i in idxs]
             self._observer.on_acked(member.id, acked, attempts, self._clock.time())
             self._after_room(member)
         return n
+
+    @staticmethod
+    def _settle_all(member: MemberState, messages: list[Message]) -> None:
+        retries = member.retries
+        if retries:
+            for m in messages:
+                retries.pop(m.id, None)
+        cursors = member.cursors
+        channel = None
+        cur = None
+        for m in messages:
+            if m.channel != channel:
+                channel = m.channel
+                cur = cursors.get(channel)
+                if cur is not None and not cur.durable:
+                    cur = None
+            if cur is not None:
+                cur.settle(m.seq)
 
     def nack(
         self,
