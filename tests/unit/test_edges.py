@@ -194,3 +194,17 @@ async def test_assert_eventually_gives_up_after_its_timeout() -> None:
 
     with pytest.raises(AssertionError):
         await assert_eventually(failing, timeout=0.02)
+
+
+async def test_publishers_over_the_write_backlog_wait_their_turn(tmp_path: Path) -> None:
+    from fleetchat import StorageSettings
+
+    storage = StorageSettings(max_pending_writes=4, commit_max_batch=2)
+    settings = HubSettings(url=f"sqlite:///{tmp_path / 'hub.db'}", storage=storage)
+    async with Hub(settings) as hub:
+        await hub.channels.create("c", announce=False)
+        sent = await asyncio.wait_for(
+            asyncio.gather(*[hub.publish("c", i, sender="boss") for i in range(40)]), 10
+        )
+        assert sorted(m.seq for m in sent) == list(range(1, 41))
+        assert len(hub.channels.history("c")) == 40

@@ -132,10 +132,12 @@ class SqliteDatabase:
             BackendError: the commit failed; nothing of it was written.
         """
         if len(self._rows) >= self.settings.max_pending_writes:
-            self._room.clear()
             try:
                 async with asyncio.timeout(timeout):
                     while len(self._rows) >= self.settings.max_pending_writes:
+                        # Clear first: a set event returns without yielding, which would spin
+                        # and starve the writer that makes the room.
+                        self._room.clear()
                         await self._room.wait()
             except TimeoutError:
                 raise BackpressureError(
