@@ -177,6 +177,9 @@ class LocalBus:
     def members(self, channel: str) -> list[str]:
         return list(self._state(channel).members)
 
+    def is_member(self, channel: str, member: str) -> bool:
+        return member in self._state(channel).members
+
     def memberships(self, member: str) -> list[str]:
         state = self._members.get(member)
         return list(state.cursors) if state else []
@@ -224,8 +227,8 @@ class LocalBus:
         durable = not st.spec.ephemeral
         cur = Cursor(member_id, channel, st.next_seq - 1, durable, self._dirty)
         st.members[member_id] = cur
+        st.member_list.append((member, cur))
         member.cursors[channel] = cur
-        st.rebuild(self._members)
         try:
             await self._log.add_member(
                 channel, member_id, CursorRecord(member_id, channel, cur.floor)
@@ -245,8 +248,9 @@ class LocalBus:
         return True
 
     def _drop_member(self, st: _ChannelState, member: MemberState, channel: str) -> None:
-        st.members.pop(member.id, None)
-        st.rebuild(self._members)
+        cur = st.members.pop(member.id, None)
+        if cur is not None:
+            st.member_list.remove((member, cur))
         member.cursors.pop(channel, None)
         member.lagging.discard(channel)
         member.purge(channel)

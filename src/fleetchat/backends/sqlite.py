@@ -72,7 +72,9 @@ class SqliteDatabase:
         self._conn: sqlite3.Connection | None = None
         self._rows: list[tuple[str, int, float, bytes]] = []
         self._messages: list[Message] = []
-        self._ops: list[Op] = []
+        # (rows queued before it, op): an op commits only with or after those rows, so writes
+        # land in the order they were made (a membership never before the messages it follows).
+        self._ops: list[tuple[int, Op]] = []
         self._cursors: dict[tuple[str, str], CursorRecord] = {}
         # (rows queued before it, future): a writer is woken once those rows are committed.
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -152,7 +154,7 @@ class SqliteDatabase:
 
     async def write(self, op: Op) -> None:
         """Run ``op(conn)`` inside the next commit and return once it is committed."""
-        self._ops.append(op)
+        self._ops.append((self._queued_rows, op))
         await self._wait_commit()
 
     def save_cursors(self, cursors: list[CursorRecord]) -> None:
@@ -190,7 +192,11 @@ class SqliteDatabase:
             cut += 1
         waiters = [fut for _, fut in self._waiters[:cut]]
         self._waiters = self._waiters[cut:]
-        ops, self._ops = self._ops, []
+        cut_ops = 0
+        while cut_ops < len(self._ops) and self._ops[cut_ops][0] <= done_rows:
+            cut_ops += 1
+        ops = [op for _, op in self._ops[:cut_ops]]
+        self._ops = self._ops[cut_ops:]
         cursors, self._cursors = list(self._cursors.values()), {}
         conn = self.conn
         try:

@@ -182,7 +182,7 @@ class ChannelRegistry:
                 raise ChannelNotFoundError(f"no channel {name!r}", channel=name)
             with contextlib.suppress(ChannelExistsError):
                 await self.create(name)
-        if agent_id in self._bus.members(name):
+        if self._bus.is_member(name, agent_id):
             return False
         # Announced just before the membership starts, so the others see it and the newcomer
         # does not receive its own announcement.
