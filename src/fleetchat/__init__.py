@@ -12,6 +12,7 @@ from fleetchat.config import (
     HubSettings,
     QosSettings,
     RegistrySettings,
+    ServerSettings,
     StorageSettings,
     load_settings,
 )
@@ -30,7 +31,9 @@ from fleetchat.errors import (
     InvalidInputError,
     MessageTooLargeError,
     NotFoundError,
+    RateLimitedError,
     RequestTimeoutError,
+    UnauthenticatedError,
     error_from_code,
 )
 from fleetchat.hub import Hub
@@ -72,7 +75,10 @@ __all__ = [
     "Receipt",
     "ReceiptStream",
     "RegistrySettings",
+    "RateLimitedError",
     "RequestTimeoutError",
+    "ServerSettings",
+    "UnauthenticatedError",
     "StorageSettings",
     "Subscription",
     "__version__",

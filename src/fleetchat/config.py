@@ -25,6 +25,7 @@ __all__ = [
     "HubSettings",
     "QosSettings",
     "RegistrySettings",
+    "ServerSettings",
     "StorageSettings",
     "load_settings",
 ]
@@ -158,6 +159,54 @@ class StorageSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The network hub: HTTP + WebSocket server (``fleetchat serve``)."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on. Default 127.0.0.1 (use 0.0.0.0 for every interface)."""
+    port: int = 8765
+    """TCP port; 0 picks a free one. Default 8765."""
+    tls_cert: str | None = None
+    """PEM certificate file: serve https:// and wss://. Default none (plain HTTP)."""
+    tls_key: str | None = None
+    """PEM private key file for ``tls_cert``."""
+    auth: bool = False
+    """Require tokens on WebSocket hello and REST. Default off (development)."""
+    tokens: dict[str, str] = field(default_factory=dict)
+    """Agent id -> SHA-256 hex of its token, for tokens kept in the config file."""
+    max_frame_bytes: int = 2 * 1024 * 1024
+    """Largest WebSocket frame accepted, in bytes. Default 2 MiB."""
+    default_window: int = 256
+    """Unacked deliveries per connection when hello names none. Default 256."""
+    max_window: int = 4096
+    """Largest window a client may ask for. Default 4096."""
+    max_bad_frames: int = 20
+    """Bad frames in a row before the connection is closed (code 4002). Default 20."""
+    frame_rate: float = 50_000.0
+    """Frames per second a connection may send on average. Default 50,000."""
+    frame_burst: float = 100_000.0
+    """Frames a connection may send in a burst. Default 100,000."""
+    slow_consumer_bytes: int = 16 * 1024 * 1024
+    """Unsent bytes queued for one connection that make it a slow consumer. Default 16 MiB."""
+    slow_consumer_seconds: float = 10.0
+    """How long a connection may stay over ``slow_consumer_bytes`` before it is closed
+    (code 4008). Default 10."""
+    ws_ping_interval: float = 20.0
+    """Seconds between WebSocket pings that detect dead peers. Default 20."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("server.port must be 0..65535", field="port")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("give both server.tls_cert and server.tls_key, or neither")
+        _positive(
+            self, "max_frame_bytes", "default_window", "max_window", "max_bad_frames",
+            "frame_rate", "frame_burst", "slow_consumer_bytes", "slow_consumer_seconds",
+            "ws_ping_interval",
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class HubSettings:
     """Everything the hub reads at start. ``url`` picks the backend."""
 
@@ -166,6 +215,7 @@ class HubSettings:
     chat: ChatSettings = field(default_factory=ChatSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:

@@ -23,7 +23,9 @@ __all__ = [
     "InvalidInputError",
     "MessageTooLargeError",
     "NotFoundError",
+    "RateLimitedError",
     "RequestTimeoutError",
+    "UnauthenticatedError",
     "error_from_code",
 ]
 
@@ -89,6 +91,18 @@ class ConflictError(FleetchatError):
 
 class ChannelExistsError(ConflictError):
     code = "channel_exists"
+
+
+class UnauthenticatedError(FleetchatError):
+    """No token, or a token the hub does not know."""
+
+    code = "unauthenticated"
+
+
+class RateLimitedError(FleetchatError):
+    """Too many frames or requests in a short time; slow down."""
+
+    code = "rate_limited"
 
 
 class ForbiddenError(FleetchatError, PermissionError):

@@ -18,6 +18,7 @@ __all__ = [
     "Message",
     "MessageKind",
     "Receipt",
+    "TokenRecord",
 ]
 
 MessageKind = Literal["chat", "task", "result", "request", "reply", "system"]
@@ -118,6 +119,17 @@ class AgentInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     def load(self) -> float:
         """Active tasks over capacity."""
         return self.active_tasks / self.capacity if self.capacity > 0 else 1.0
+
+
+class TokenRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An access token, stored as its SHA-256 hash only."""
+
+    agent_id: str
+    """The agent the token authenticates; it may act only as this agent."""
+    sha256: str
+    admin: bool = False
+    """Admin tokens may also manage channels, dead letters and tokens over REST."""
+    created_at: float = 0.0
 
 
 class AgentEvent(msgspec.Struct, kw_only=True):

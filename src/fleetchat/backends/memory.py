@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Callable
 
 from fleetchat.backends.ports import CursorRecord
-from fleetchat.models import AgentInfo, Channel, Message
+from fleetchat.models import AgentInfo, Channel, Message, TokenRecord
 
 __all__ = ["MemoryLog", "MemoryStore", "select_history"]
 
@@ -183,6 +183,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._agents: dict[str, AgentInfo] = {}
+        self._tokens: dict[str, TokenRecord] = {}
 
     async def start(self) -> None:
         return None
@@ -198,3 +199,15 @@ class MemoryStore:
 
     def load_agents(self) -> list[AgentInfo]:
         return list(self._agents.values())
+
+    async def save_token(self, token: TokenRecord) -> None:
+        self._tokens[token.sha256] = token
+
+    async def delete_tokens(self, agent_id: str) -> int:
+        gone = [h for h, t in self._tokens.items() if t.agent_id == agent_id]
+        for h in gone:
+            del self._tokens[h]
+        return len(gone)
+
+    def load_tokens(self) -> list[TokenRecord]:
+        return list(self._tokens.values())

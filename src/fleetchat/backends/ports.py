@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
-from fleetchat.models import AgentInfo, Channel, Message
+from fleetchat.models import AgentInfo, Channel, Message, TokenRecord
 
 if TYPE_CHECKING:
     from fleetchat.backends.local_member import Batch
@@ -112,6 +112,14 @@ class Store(Protocol):
     async def delete_agent(self, agent_id: str) -> None: ...
 
     def load_agents(self) -> list[AgentInfo]: ...
+
+    async def save_token(self, token: TokenRecord) -> None: ...
+
+    async def delete_tokens(self, agent_id: str) -> int:
+        """Revoke every token of ``agent_id``; returns how many."""
+        ...
+
+    def load_tokens(self) -> list[TokenRecord]: ...
 
 
 class DeliveryObserver(Protocol):

@@ -22,7 +22,7 @@ from fleetchat.backends.memory import select_history
 from fleetchat.backends.ports import CursorRecord
 from fleetchat.config import StorageSettings
 from fleetchat.errors import BackendError, BackpressureError
-from fleetchat.models import AgentInfo, Channel, Message
+from fleetchat.models import AgentInfo, Channel, Message, TokenRecord
 
 __all__ = ["SqliteDatabase", "SqliteLog", "SqliteStore"]
 
@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS cursors (
     PRIMARY KEY (member, channel)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS agents (id TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (sha256 TEXT PRIMARY KEY, agent_id TEXT NOT NULL, data BLOB NOT NULL);
 """
 
 _encode = msgspec.json.Encoder().encode
@@ -53,6 +54,7 @@ _decode_message = msgspec.json.Decoder(Message).decode
 _decode_channel = msgspec.json.Decoder(Channel).decode
 _decode_cursor = msgspec.json.Decoder(CursorRecord).decode
 _decode_agent = msgspec.json.Decoder(AgentInfo).decode
+_decode_token = msgspec.json.Decoder(TokenRecord).decode
 
 Op = Callable[[sqlite3.Connection], object]
 
@@ -444,3 +446,23 @@ class SqliteStore:
 
     def load_agents(self) -> list[AgentInfo]:
         return [_decode_agent(r[0]) for r in self.db.query("SELECT data FROM agents")]
+
+    async def save_token(self, token: TokenRecord) -> None:
+        data = _encode(token)
+        await self.db.write(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?)", (token.sha256, token.agent_id, data)
+            )
+        )
+
+    async def delete_tokens(self, agent_id: str) -> int:
+        counts: list[int] = []
+        await self.db.write(
+            lambda c: counts.append(
+                c.execute("DELETE FROM tokens WHERE agent_id = ?", (agent_id,)).rowcount
+            )
+        )
+        return counts[0]
+
+    def load_tokens(self) -> list[TokenRecord]:
+        return [_decode_token(r[0]) for r in self.db.query("SELECT data FROM tokens")]
