@@ -200,8 +200,15 @@ class ServerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("give both server.tls_cert and server.tls_key, or neither")
         _positive(
-            self, "max_frame_bytes", "default_window", "max_window", "max_bad_frames",
-            "frame_rate", "frame_burst", "slow_consumer_bytes", "slow_consumer_seconds",
+            self,
+            "max_frame_bytes",
+            "default_window",
+            "max_window",
+            "max_bad_frames",
+            "frame_rate",
+            "frame_burst",
+            "slow_consumer_bytes",
+            "slow_consumer_seconds",
             "ws_ping_interval",
         )
 

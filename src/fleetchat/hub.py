@@ -85,7 +85,7 @@ class Hub:
         else:
             log_ = MemoryLog(chat.retention_count)
             store = MemoryStore()
-        self._store = store
+        self.store = store
         self._receipts = Receipts()
         self.metrics = DeliveryMetrics(self.clock, self._receipts)
         self.bus = LocalBus(
@@ -121,7 +121,7 @@ class Hub:
             raise ClosedError(f"the hub is {self._state}; open a new one")
         if self._db is not None:
             await self._db.start()
-        await self._store.start()
+        await self.store.start()
         await self.bus.start()
         await self.registry.start()
         self._state = "open"
@@ -135,7 +135,7 @@ class Hub:
         self._receipts.close()
         await self.registry.close()
         await self.bus.close()
-        await self._store.close()
+        await self.store.close()
         if self._db is not None:
             await self._db.close()
 

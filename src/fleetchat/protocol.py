@@ -21,9 +21,9 @@ __all__ = [
     "CLOSE_SERVER_SHUTDOWN",
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_TOO_MANY_ERRORS",
-    "ClientFrame",
     "VERSION",
     "Ack",
+    "ClientFrame",
     "Deliver",
     "ErrorFrame",
     "Heartbeat",
@@ -139,7 +139,6 @@ class Reply(_Frame, tag="reply"):
 
 class Heartbeat(_Frame, tag="heartbeat"):
     resources: dict[str, Any] | None = None
-
 
 
 # -- server to client ---------------------------------------------------------------------

@@ -536,6 +536,29 @@ class LocalBus:
             member.queued += 1
         member.wake()
 
+    def settle_through(self, member_id: str, channel: str, seq: int) -> int:
+        """The member says it processed everything of ``channel`` up to ``seq``: settle those
+        (a client-held cursor, sent on reconnect). Returns how many were newly settled."""
+        member = self._members.get(member_id)
+        st = self._channels.get(channel)
+        cur = member.cursors.get(channel) if member else None
+        if member is None or st is None or cur is None or not cur.durable:
+            return 0
+        upto = min(seq, st.committed)
+        settled = 0
+        for s in range(cur.floor + 1, upto + 1):
+            if not cur.is_settled(s):
+                cur.settle(s)
+                settled += 1
+        if settled:
+            for lane in member.lanes:
+                keep = [m for m in lane if m.channel != channel or m.seq > upto]
+                member.queued -= len(lane) - len(keep)
+                lane.clear()
+                lane.extend(keep)
+            cur.fetched = max(cur.fetched, upto)
+        return settled
+
     def detach(self, member_id: str, consumer: int) -> None:
         """A consumer went away: its open deliveries go back to the queue, attempts unchanged."""
         member = self._members.get(member_id)
@@ -645,6 +668,11 @@ class LocalBus:
         return st.log.history(
             channel, start_seq=start_seq, end_seq=end_seq, since=since, until=until, limit=limit
         )
+
+    async def purge(self, channel: str) -> int:
+        """Delete every message of ``channel`` (its seq numbers go on from where they were)."""
+        st = self._state(channel)
+        return await st.log.trim(channel, keep=0, older_than=None)
 
     def _flush_cursors(self) -> None:
         dirty, self._dirty[:] = list(self._dirty), []

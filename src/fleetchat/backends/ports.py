@@ -188,6 +188,10 @@ class Bus(Protocol):
 
     def detach(self, member: str, consumer: int) -> None: ...
 
+    def settle_through(self, member: str, channel: str, seq: int) -> int: ...
+
+    async def purge(self, channel: str) -> int: ...
+
     def history(
         self,
         channel: str,

@@ -46,7 +46,9 @@ CREATE TABLE IF NOT EXISTS cursors (
     PRIMARY KEY (member, channel)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS agents (id TEXT PRIMARY KEY, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS tokens (sha256 TEXT PRIMARY KEY, agent_id TEXT NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    sha256 TEXT PRIMARY KEY, agent_id TEXT NOT NULL, data BLOB NOT NULL
+);
 """
 
 _encode = msgspec.json.Encoder().encode
@@ -451,7 +453,8 @@ class SqliteStore:
         data = _encode(token)
         await self.db.write(
             lambda c: c.execute(
-                "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?)", (token.sha256, token.agent_id, data)
+                "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?)",
+                (token.sha256, token.agent_id, data),
             )
         )
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import signal
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fleetchat.config import HubSettings, load_settings
 from fleetchat.errors import FleetchatError
 
 __all__ = ["app", "main"]
@@ -23,6 +27,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the record's ``extra`` context."""
+
+    _skip = frozenset(vars(logging.makeLogRecord({})))
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update({k: v for k, v in vars(record).items() if k not in self._skip})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
 
 
 def _run(coro: object) -> None:
@@ -49,6 +71,116 @@ def demo(
     )
     fresh_database(db)
     _run(run_demo(seconds=seconds, n_agents=agents, url=db))
+
+
+def _settings(
+    config: Path | None, db: str | None, overrides: dict[str, Any] | None = None
+) -> HubSettings:
+    tree: dict[str, Any] = dict(overrides or {})
+    if db is not None:
+        tree["url"] = db
+    return load_settings(config, overrides=tree)
+
+
+def _configure_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (default 8765; 0 picks one).")] = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", "--store", help="Backend URL (default sqlite:///fleetchat.db)."),
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
+    auth: Annotated[bool | None, typer.Option("--auth/--no-auth", help="Require tokens.")] = None,
+    tls_cert: Annotated[str | None, typer.Option(help="PEM certificate: serve https/wss.")] = None,
+    tls_key: Annotated[str | None, typer.Option(help="PEM private key for --tls-cert.")] = None,
+    log_format: Annotated[str, typer.Option(help="Log format: text or json.")] = "text",
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Run the network hub: REST under /v1, agents on the WebSocket /v1/ws."""
+    server: dict[str, Any] = {}
+    for key, value in (
+        ("host", host),
+        ("port", port),
+        ("auth", auth),
+        ("tls_cert", tls_cert),
+        ("tls_key", tls_key),
+    ):
+        if value is not None:
+            server[key] = value
+    settings = _settings(config, db, {"server": server} if server else None)
+    _configure_logging(log_level, log_format)
+    from fleetchat.server.app import serve_forever
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_forever(None, settings, stop)
+
+    _run(main())
+
+
+token_app = typer.Typer(
+    help="Manage access tokens (stored hashed in the hub's database).", no_args_is_help=True
+)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    agent_id: Annotated[str, typer.Argument(help="The agent the token authenticates.")],
+    admin: Annotated[bool, typer.Option(help="Also allow admin operations over REST.")] = False,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Backend URL of the hub's database.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
+) -> None:
+    """Create a token for AGENT_ID and print it (it is shown only this once)."""
+    settings = _settings(config, db)
+
+    async def main() -> str:
+        from fleetchat.hub import Hub
+        from fleetchat.server.auth import Authenticator
+
+        async with Hub(settings) as hub:
+            auth = Authenticator(hub.store, hub.clock, enabled=True)
+            return await auth.create(agent_id, admin=admin)
+
+    typer.echo(asyncio.run(main()))
+
+
+@token_app.command("revoke")
+def token_revoke(
+    agent_id: Annotated[str, typer.Argument(help="Revoke every token of this agent.")],
+    db: Annotated[
+        str | None, typer.Option("--db", help="Backend URL of the hub's database.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
+) -> None:
+    """Revoke every token of AGENT_ID (a running hub picks this up on restart)."""
+    settings = _settings(config, db)
+
+    async def main() -> int:
+        from fleetchat.hub import Hub
+        from fleetchat.server.auth import Authenticator
+
+        async with Hub(settings) as hub:
+            return await Authenticator(hub.store, hub.clock, enabled=True).revoke(agent_id)
+
+    typer.echo(f"revoked {asyncio.run(main())} token(s) of {agent_id}")
 
 
 @app.command()

@@ -228,6 +228,13 @@ class AgentRegistry:
             self._emit("online", agent)
         return agent
 
+    def mark_offline(self, agent_id: str) -> None:
+        """The agent's last connection dropped: offline now, not after missed heartbeats."""
+        agent = self._agents.get(agent_id)
+        if agent is not None and agent.online:
+            agent.online = False
+            self._emit("offline", agent)
+
     def get(self, agent_id: str) -> AgentInfo:
         check_agent_id(agent_id)
         agent = self._agents.get(agent_id)

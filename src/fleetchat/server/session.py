@@ -1,0 +1,471 @@
+"""One agent's WebSocket session: hello, then frames in, deliveries out.
+
+Deliveries are fetched from the agent's queue in batches, up to the connection's window of
+unacked deliveries, and sent as ``deliver`` frames with consecutive tags; everything fetched in
+one event-loop turn goes out in one frame (one socket write). Messages are encoded once and the
+bytes reused for every recipient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from fleetchat import protocol as p
+from fleetchat.errors import (
+    ClosedError,
+    FleetchatError,
+    InvalidInputError,
+    RateLimitedError,
+    UnauthenticatedError,
+)
+from fleetchat.models import Message
+
+if TYPE_CHECKING:
+    from fleetchat.backends.local_member import Batch
+    from fleetchat.config import ServerSettings
+    from fleetchat.hub import Hub
+    from fleetchat.server.auth import Authenticator
+
+__all__ = ["AgentSession", "MessageCache"]
+
+log = logging.getLogger(__name__)
+
+_consumer_ids = itertools.count(1_000_000)
+_encode_message = msgspec.json.Encoder().encode
+_HELLO_TIMEOUT = 10.0
+_FRAME_BUDGET = 1024 * 1024  # bytes of deliveries gathered into one frame
+
+
+class MessageCache:
+    """Encoded message bytes by id, so a fan-out to N sessions encodes once."""
+
+    def __init__(self, size: int = 65_536) -> None:
+        self._size = size
+        self._data: dict[str, bytes] = {}
+
+    def get(self, m: Message) -> bytes:
+        data = self._data.get(m.id)
+        if data is None:
+            if len(self._data) >= self._size:
+                self._data.clear()
+            data = self._data[m.id] = _encode_message(m)
+        return data
+
+
+class _Bucket:
+    """Token bucket for the frame rate limit."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class AgentSession:
+    """Runs one WebSocket connection from hello to close."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        hub: Hub,
+        auth: Authenticator,
+        settings: ServerSettings,
+        cache: MessageCache,
+        sessions: dict[str, set[AgentSession]],
+        transport: asyncio.BaseTransport | None,
+    ) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.hub = hub
+        self.auth = auth
+        self.settings = settings
+        self.cache = cache
+        self.sessions = sessions
+        self.agent_id = ""
+        self.consumer = next(_consumer_ids)
+        self.window = settings.default_window
+        self.next_tag = 1
+        self.outstanding: deque[tuple[int, Batch]] = deque()
+        self.requests: OrderedDict[int, Message] = OrderedDict()
+        self.publishes: dict[tuple[str, str], p.Published] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.room = asyncio.Event()
+        self.bad_frames = 0
+        self.bucket = _Bucket(settings.frame_rate, settings.frame_burst)
+        self.closing = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            if not await self._handshake():
+                return
+            self.sessions.setdefault(self.agent_id, set()).add(self)
+            pump = asyncio.ensure_future(self._pump())
+            try:
+                await self._read()
+            finally:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump
+        finally:
+            await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        self.closing = True
+        for task in list(self.tasks):
+            task.cancel()
+        if self.agent_id:
+            self.hub.bus.detach(self.agent_id, self.consumer)
+            mine = self.sessions.get(self.agent_id)
+            if mine is not None:
+                mine.discard(self)
+                if not mine:
+                    del self.sessions[self.agent_id]
+                    # A dropped connection is noticed at once, not after missed heartbeats.
+                    self.hub.registry.mark_offline(self.agent_id)
+        if not self.ws.closed:
+            await self.ws.close()
+
+    async def _send(self, frame: Any) -> None:
+        if not self.ws.closed:
+            await self.ws.send_frame(p.encode(frame), WSMsgType.TEXT)
+
+    async def _error(self, exc: FleetchatError, frame_id: str | None = None) -> None:
+        await self._send(
+            p.ErrorFrame(
+                code=exc.code, message=exc.message, id=frame_id, details=_jsonable(exc.details)
+            )
+        )
+
+    async def _handshake(self) -> bool:
+        try:
+            async with asyncio.timeout(_HELLO_TIMEOUT):
+                msg = await self.ws.receive()
+        except TimeoutError:
+            await self.ws.close(code=p.CLOSE_AUTH, message=b"no hello")
+            return False
+        if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            return False
+        try:
+            hello = p.decode_client_frame(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._error(InvalidInputError(f"bad hello: {exc}"))
+            await self.ws.close(code=p.CLOSE_AUTH, message=b"bad hello")
+            return False
+        if not isinstance(hello, p.Hello):
+            await self._error(UnauthenticatedError("the first frame must be hello"))
+            await self.ws.close(code=p.CLOSE_AUTH, message=b"hello first")
+            return False
+        try:
+            await self._accept(hello)
+        except FleetchatError as exc:
+            await self._error(exc)
+            code = p.CLOSE_AUTH if exc.code in ("unauthenticated", "forbidden") else p.CLOSE_POLICY
+            await self.ws.close(code=code, message=exc.code.encode())
+            return False
+        return True
+
+    async def _accept(self, hello: p.Hello) -> None:
+        from fleetchat.types import check_agent_id
+
+        check_agent_id(hello.agent_id)
+        self.auth.check_acts_as(hello.token, hello.agent_id)
+        self.agent_id = hello.agent_id
+        if not 1 <= hello.window <= self.settings.max_window:
+            raise InvalidInputError(f"window must be 1..{self.settings.max_window}", field="window")
+        self.window = hello.window
+        registry = self.hub.registry
+        if hello.capabilities is not None:
+            await registry.register(
+                hello.agent_id,
+                capabilities=hello.capabilities,
+                capacity=hello.capacity,
+                labels=hello.labels,
+                resources=hello.resources,
+            )
+        elif hello.agent_id in registry:
+            registry.heartbeat(hello.agent_id, resources=hello.resources or None)
+        await self.hub.channels.ensure_inbox(hello.agent_id)
+        for channel, seq in hello.resume.items():
+            self.hub.bus.settle_through(hello.agent_id, channel, seq)
+        await self._send(
+            p.Welcome(
+                agent_id=hello.agent_id,
+                session=str(self.consumer),
+                server="fleetchat",
+                heartbeat_interval=self.hub.settings.registry.heartbeat_interval,
+                window=self.window,
+                max_frame_bytes=self.settings.max_frame_bytes,
+            )
+        )
+
+    # -- inbound --------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        ws = self.ws
+        async for msg in ws:
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue
+            data = msg.data
+            try:
+                if not self.bucket.take():
+                    raise RateLimitedError("too many frames; slow down")
+                if len(data) > self.settings.max_frame_bytes:
+                    raise InvalidInputError(
+                        f"frame of {len(data)} bytes; the limit is {self.settings.max_frame_bytes}",
+                        field="frame",
+                    )
+                try:
+                    frame = p.decode_client_frame(data)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise InvalidInputError(f"bad frame: {exc}") from None
+                await self._dispatch(frame)
+                self.bad_frames = 0
+            except FleetchatError as exc:
+                self.bad_frames += 1
+                await self._error(exc, _frame_id(data))
+                if self.bad_frames >= self.settings.max_bad_frames:
+                    await ws.close(code=p.CLOSE_TOO_MANY_ERRORS, message=b"too many bad frames")
+                    return
+
+    async def _dispatch(self, frame: p.ClientFrame) -> None:
+        if isinstance(frame, p.Ack):
+            self._on_ack(frame)
+        elif isinstance(frame, p.Publish):
+            self._spawn(self._publish(frame))
+        elif isinstance(frame, p.Heartbeat):
+            if self.agent_id in self.hub.registry:
+                self.hub.registry.heartbeat(self.agent_id, resources=frame.resources)
+        elif isinstance(frame, p.Subscribe):
+            for name in frame.channels:
+                await self.hub.channels.join(name, self.agent_id)
+            await self._send(
+                p.Ok(id=frame.id, channels=self.hub.channels.memberships(self.agent_id))
+            )
+        elif isinstance(frame, p.Unsubscribe):
+            await self.hub.channels.leave(frame.channel, self.agent_id)
+            await self._send(
+                p.Ok(id=frame.id, channels=self.hub.channels.memberships(self.agent_id))
+            )
+        elif isinstance(frame, p.Nack):
+            batch, index = self._find(frame.tag)
+            self.hub.bus.nack(batch, index, delay=frame.delay, dead_letter=frame.dead_letter)
+            self._drop_settled()
+        elif isinstance(frame, p.Request):
+            self._spawn(self._request(frame))
+        elif isinstance(frame, p.Reply):
+            request = self.requests.pop(frame.tag, None)
+            if request is None:
+                raise InvalidInputError(
+                    f"no request was delivered with tag {frame.tag}", field="tag"
+                )
+            await self.hub.requests.reply(request, frame.body, sender=self.agent_id)
+        else:  # a second hello
+            raise InvalidInputError("hello was already received", field="type")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _publish(self, frame: p.Publish) -> None:
+        key = (frame.channel, frame.id)
+        done = self.publishes.get(key)
+        try:
+            if done is not None:  # a retry of a publish that already succeeded
+                await self._send(msgspec.structs.replace(done, duplicate=True))
+                return
+            if not 1 <= len(frame.id) <= 64:
+                raise InvalidInputError("publish id must be 1-64 characters", field="id")
+            m = await self.hub.publish(
+                frame.channel,
+                frame.body,
+                sender=self.agent_id,
+                priority=frame.priority,
+                kind=frame.kind,
+                expires_in=frame.expires_in,
+                headers=frame.headers or None,
+            )
+            ack = p.Published(id=frame.id, channel=m.channel, seq=m.seq, message_id=m.id)
+            if len(self.publishes) >= 10_000:
+                self.publishes.clear()
+            self.publishes[key] = ack
+            await self._send(ack)
+        except FleetchatError as exc:
+            await self._error(exc, frame.id)
+
+    async def _request(self, frame: p.Request) -> None:
+        try:
+            if frame.collect:
+                replies = await self.hub.request(
+                    frame.target,
+                    frame.body,
+                    sender=self.agent_id,
+                    timeout=frame.timeout,
+                    collect=True,
+                    priority=frame.priority,
+                )
+            else:
+                replies = [
+                    await self.hub.request(
+                        frame.target,
+                        frame.body,
+                        sender=self.agent_id,
+                        timeout=frame.timeout,
+                        priority=frame.priority,
+                    )
+                ]
+            await self._send(p.ReplyFrame(id=frame.id, replies=replies))
+        except FleetchatError as exc:
+            await self._error(exc, frame.id)
+
+    # -- acks -----------------------------------------------------------------------------
+
+    def _on_ack(self, frame: p.Ack) -> None:
+        bus = self.hub.bus
+        if frame.upto is not None:
+            upto = frame.upto
+            out = self.outstanding
+            while out:
+                first, batch = out[0]
+                last = first + len(batch.items) - 1
+                if last <= upto:
+                    bus.ack(batch)
+                    out.popleft()
+                else:
+                    for i in range(max(upto - first + 1, 0)):
+                        bus.ack(batch, i)
+                    break
+        for tag in frame.tags:
+            batch, index = self._find(tag)
+            bus.ack(batch, index)
+        self._drop_settled()
+        self.room.set()
+
+    def _find(self, tag: int) -> tuple[Batch, int]:
+        for first, batch in self.outstanding:
+            if first <= tag < first + len(batch.items):
+                return batch, tag - first
+        raise InvalidInputError(f"no unacked delivery has tag {tag}", field="tag")
+
+    def _drop_settled(self) -> None:
+        out = self.outstanding
+        while out and out[0][1].pending == 0:
+            out.popleft()
+
+    def _unacked(self) -> int:
+        return sum(batch.pending for _, batch in self.outstanding)
+
+    # -- outbound -------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        bus = self.hub.bus
+        agent, consumer = self.agent_id, self.consumer
+        while True:
+            room = self.window - self._unacked()
+            if room <= 0:
+                self.room.clear()
+                with contextlib.suppress(TimeoutError):
+                    # Ack timeouts free room too, without an ack frame: look again now and then.
+                    async with asyncio.timeout(0.5):
+                        await self.room.wait()
+                self._drop_settled()
+                continue
+            try:
+                batch = await bus.fetch(agent, consumer, min(room, 256), None)
+            except ClosedError:
+                await self.ws.close(code=p.CLOSE_SERVER_SHUTDOWN, message=b"hub closing")
+                return
+            if batch is None:
+                continue
+            batches = [batch]
+            room -= batch.pending
+            size = 0
+            while room > 0 and size < _FRAME_BUDGET:
+                more = await bus.fetch(agent, consumer, min(room, 256), 0)
+                if more is None:
+                    break
+                batches.append(more)
+                room -= more.pending
+                size += len(more.items) * 200
+            await self._deliver(batches)
+            await self._check_slow()
+
+    async def _deliver(self, batches: list[Batch]) -> None:
+        first_tag = self.next_tag
+        parts: list[bytes] = []
+        attempts: list[int] = []
+        any_retry = False
+        get = self.cache.get
+        tag = first_tag
+        for batch in batches:
+            self.outstanding.append((tag, batch))
+            for i, m in enumerate(batch.items):
+                parts.append(get(m))
+                if m.kind == "request":
+                    self.requests[tag + i] = m
+                    if len(self.requests) > 10_000:
+                        self.requests.popitem(last=False)
+            attempts.extend(batch.attempts)
+            any_retry = any_retry or any(a > 1 for a in batch.attempts)
+            tag += len(batch.items)
+        self.next_tag = tag
+        head = b'{"v":1,"type":"deliver","first_tag":%d,' % first_tag
+        if any_retry:
+            head += b'"attempts":' + msgspec.json.encode(attempts) + b","
+        frame = head + b'"messages":[' + b",".join(parts) + b"]}"
+        if not self.ws.closed:
+            await self.ws.send_frame(frame, WSMsgType.TEXT)
+
+    async def _check_slow(self) -> None:
+        transport = self.transport
+        if not isinstance(transport, asyncio.WriteTransport):
+            return
+        if transport.get_write_buffer_size() <= self.settings.slow_consumer_bytes:
+            return
+        deadline = time.monotonic() + self.settings.slow_consumer_seconds
+        while transport.get_write_buffer_size() > self.settings.slow_consumer_bytes:
+            if time.monotonic() >= deadline:
+                log.warning("closing slow consumer", extra={"agent_id": self.agent_id})
+                await self.ws.close(code=p.CLOSE_SLOW_CONSUMER, message=b"slow consumer")
+                return
+            await asyncio.sleep(0.05)
+
+
+def _frame_id(data: Any) -> str | None:
+    """The ``id`` of a frame that failed, if it can be read at all."""
+    try:
+        obj = msgspec.json.decode(data)
+    except (msgspec.DecodeError, TypeError):
+        return None
+    value = obj.get("id") if isinstance(obj, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _jsonable(details: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v if isinstance(v, str | int | float | bool | None) else str(v)
+        for k, v in details.items()
+    }
