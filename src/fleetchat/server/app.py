@@ -15,7 +15,7 @@ from fleetchat.hub import Hub
 from fleetchat.server.auth import Authenticator
 from fleetchat.server.openapi import docs_page, openapi_document
 from fleetchat.server.rest import install_routes
-from fleetchat.server.session import AgentSession, MessageCache
+from fleetchat.server.session import AgentSession, MessageCache, PublishLedger
 
 __all__ = ["HubServer"]
 
@@ -41,6 +41,7 @@ class HubServer:
         )
         self.sessions: dict[str, set[AgentSession]] = {}
         self.cache = MessageCache()
+        self.ledger = PublishLedger()
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -104,7 +105,14 @@ class HubServer:
         )
         await ws.prepare(request)
         session = AgentSession(
-            ws, self.hub, self.auth, self.settings, self.cache, self.sessions, request.transport
+            ws,
+            self.hub,
+            self.auth,
+            self.settings,
+            self.cache,
+            self.sessions,
+            request.transport,
+            self.ledger,
         )
         await session.run()
         return ws

@@ -61,6 +61,39 @@ class MessageCache:
         return data
 
 
+class PublishLedger:
+    """Recent publishes by (agent, channel, client id), so a retried publish is not posted twice,
+    also when the retry comes over a new connection. Bounded: the oldest are forgotten."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._size = size
+        self._done: OrderedDict[tuple[str, str, str], p.Published] = OrderedDict()
+        self._running: dict[tuple[str, str, str], asyncio.Future[p.Published]] = {}
+
+    def done(self, key: tuple[str, str, str]) -> p.Published | None:
+        return self._done.get(key)
+
+    def running(self, key: tuple[str, str, str]) -> asyncio.Future[p.Published] | None:
+        return self._running.get(key)
+
+    def begin(self, key: tuple[str, str, str]) -> asyncio.Future[p.Published]:
+        fut: asyncio.Future[p.Published] = asyncio.get_running_loop().create_future()
+        self._running[key] = fut
+        return fut
+
+    def finish(self, key: tuple[str, str, str], result: p.Published | None) -> None:
+        fut = self._running.pop(key, None)
+        if result is not None:
+            self._done[key] = result
+            if len(self._done) > self._size:
+                self._done.popitem(last=False)
+        if fut is not None and not fut.done():
+            if result is None:
+                fut.cancel()
+            else:
+                fut.set_result(result)
+
+
 class _Bucket:
     """Token bucket for the frame rate limit."""
 
@@ -94,7 +127,9 @@ class AgentSession:
         cache: MessageCache,
         sessions: dict[str, set[AgentSession]],
         transport: asyncio.BaseTransport | None,
+        ledger: PublishLedger,
     ) -> None:
+        self.ledger = ledger
         self.ws = ws
         self.transport = transport
         self.hub = hub
@@ -108,7 +143,6 @@ class AgentSession:
         self.next_tag = 1
         self.outstanding: deque[tuple[int, Batch]] = deque()
         self.requests: OrderedDict[int, Message] = OrderedDict()
-        self.publishes: dict[tuple[str, str], p.Published] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.room = asyncio.Event()
         self.bad_frames = 0
@@ -291,28 +325,34 @@ class AgentSession:
         task.add_done_callback(self.tasks.discard)
 
     async def _publish(self, frame: p.Publish) -> None:
-        key = (frame.channel, frame.id)
-        done = self.publishes.get(key)
+        key = (self.agent_id, frame.channel, frame.id)
+        ledger = self.ledger
         try:
+            done = ledger.done(key)
+            if done is None and (running := ledger.running(key)) is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    done = await asyncio.shield(running)
             if done is not None:  # a retry of a publish that already succeeded
                 await self._send(msgspec.structs.replace(done, duplicate=True))
                 return
             if not 1 <= len(frame.id) <= 64:
                 raise InvalidInputError("publish id must be 1-64 characters", field="id")
-            m = await self.hub.publish(
-                frame.channel,
-                frame.body,
-                sender=self.agent_id,
-                priority=frame.priority,
-                kind=frame.kind,
-                expires_in=frame.expires_in,
-                headers=frame.headers or None,
-            )
-            ack = p.Published(id=frame.id, channel=m.channel, seq=m.seq, message_id=m.id)
-            if len(self.publishes) >= 10_000:
-                self.publishes.clear()
-            self.publishes[key] = ack
-            await self._send(ack)
+            ledger.begin(key)
+            result = None
+            try:
+                m = await self.hub.publish(
+                    frame.channel,
+                    frame.body,
+                    sender=self.agent_id,
+                    priority=frame.priority,
+                    kind=frame.kind,
+                    expires_in=frame.expires_in,
+                    headers=frame.headers or None,
+                )
+                result = p.Published(id=frame.id, channel=m.channel, seq=m.seq, message_id=m.id)
+            finally:
+                ledger.finish(key, result)
+            await self._send(result)
         except FleetchatError as exc:
             await self._error(exc, frame.id)
 
