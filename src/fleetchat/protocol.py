@@ -80,8 +80,9 @@ class Hello(_Frame, tag="hello"):
     capacity: int = 1
     labels: dict[str, str] = {}
     resources: dict[str, Any] = {}
-    window: int = 256
-    """Most deliveries the server sends before the client acks (flow control)."""
+    window: int | None = None
+    """Most deliveries the server sends before the client acks (flow control); none: the
+    server's default (256)."""
     resume: dict[str, int] = {}
     """Channel -> seq the client has processed every message up to; the hub settles those."""
 

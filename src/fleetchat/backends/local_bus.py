@@ -23,6 +23,7 @@ from fleetchat.backends.ports import ChannelLog, CursorRecord, DeliveryObserver
 from fleetchat.config import ChatSettings, StorageSettings
 from fleetchat.errors import (
     BackpressureError,
+    FleetchatError,
     ChannelExistsError,
     ChannelNotFoundError,
     ClosedError,
@@ -275,9 +276,10 @@ class LocalBus:
         if durable:
             try:
                 await self._log.append(durable, timeout)
-            except BaseException:
-                # Give back the seqs if nothing was assigned after them (the common case);
-                # otherwise the gap is skipped by readers.
+            except FleetchatError:
+                # Nothing was written (no room, or the commit failed): give back the seqs if
+                # nothing was assigned after them; otherwise the gap is skipped by readers.
+                # A cancelled caller gives back nothing: its rows are queued and will commit.
                 for m in reversed(durable):
                     state = self._channels.get(m.channel)
                     if state is not None and state.next_seq == m.seq + 1:
@@ -567,15 +569,16 @@ class LocalBus:
         waiting = member.consumer_waits.pop(consumer, None)
         if waiting is not None and not waiting.done():
             waiting.set_exception(ClosedError("the subscription is closed"))
+        returned: list[Message] = []
         for batch in [b for b in member.batches if b.consumer == consumer]:
-            msgs = [m for m, o in zip(batch.items, batch.open, strict=True) if o]
-            for i, o in enumerate(batch.open):
-                if o:
-                    batch.open[i] = False
+            returned.extend(m for m, o in zip(batch.items, batch.open, strict=True) if o)
+            batch.open = [False] * len(batch.items)
             member.inflight -= batch.pending
             batch.pending = 0
             self._finish(batch)
-            self._requeue(member, msgs, False)
+        # Back in the order they were committed, ahead of everything still queued.
+        returned.sort(key=lambda m: (m.created_at, m.seq))
+        self._requeue(member, returned, False)
 
     def _after_room(self, member: MemberState) -> None:
         if member.lagging:

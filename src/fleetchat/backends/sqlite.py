@@ -154,7 +154,8 @@ class SqliteDatabase:
             self._rows.append((m.channel, m.seq, m.created_at, _encode(m)))
         self._messages.extend(messages)
         self._queued_rows += len(messages)
-        await self._wait_commit()
+        # Shielded: once queued the rows commit whether or not this caller still waits.
+        await asyncio.shield(self._wait_commit())
 
     async def write(self, op: Op) -> None:
         """Run ``op(conn)`` inside the next commit and return once it is committed."""

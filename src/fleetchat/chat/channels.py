@@ -239,9 +239,9 @@ class ChannelRegistry:
             limit = cap
         if not isinstance(limit, int) or limit < 1:
             raise InvalidInputError("limit must be a positive integer", field="limit")
-        for field, value in (("start_seq", start_seq), ("end_seq", end_seq)):
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise InvalidInputError(f"{field} must be a non-negative integer", field=field)
+        for field, value in (("start_seq", start_seq), ("end_seq", end_seq), ("limit", limit)):
+            if value is not None and (not isinstance(value, int) or not 0 <= value < 2**63):
+                raise InvalidInputError(f"{field} must be an integer in 0..2^63-1", field=field)
         return self._bus.history(
             name,
             start_seq=start_seq,

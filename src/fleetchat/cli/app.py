@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fleetchat.cli.remote import register as register_remote
 from fleetchat.config import HubSettings, load_settings
 from fleetchat.errors import FleetchatError
 
@@ -181,6 +182,9 @@ def token_revoke(
             return await Authenticator(hub.store, hub.clock, enabled=True).revoke(agent_id)
 
     typer.echo(f"revoked {asyncio.run(main())} token(s) of {agent_id}")
+
+
+register_remote(app)
 
 
 @app.command()

@@ -47,7 +47,8 @@ class HubServer:
         self.port = 0
 
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_frame_bytes)
+        # Bodies up to 4x the limit are read and refused with a JSON error; beyond, aiohttp cuts.
+        app = web.Application(client_max_size=self.settings.max_frame_bytes * 4)
         app[HUB_KEY] = self.hub
         app.router.add_get("/v1/ws", self._ws)
         app.router.add_get("/v1/openapi.json", self._openapi)

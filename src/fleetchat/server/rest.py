@@ -10,7 +10,12 @@ import msgspec
 from aiohttp import web
 
 from fleetchat.backends.local_bus import DLQ_CHANNEL, HUB_SENDER
-from fleetchat.errors import FleetchatError, ForbiddenError, InvalidInputError
+from fleetchat.errors import (
+    FleetchatError,
+    ForbiddenError,
+    InvalidInputError,
+    MessageTooLargeError,
+)
 from fleetchat.hub import Hub
 from fleetchat.models import AgentInfo, Channel, DeadLetter, Message
 from fleetchat.server import schemas as s
@@ -220,7 +225,9 @@ def _dead_letters(hub: Hub, limit: int) -> list[s.DeadLetterEntry]:
 
 
 async def list_dead_letters(ctx: Ctx) -> s.DeadLetterList:
-    limit = ctx.query_int("limit") or 100
+    limit = ctx.query_int("limit")
+    if limit is None:
+        limit = 100
     if limit < 1:
         raise InvalidInputError("limit must be a positive integer", field="limit")
     return s.DeadLetterList(dead_letters=_dead_letters(ctx.hub, min(limit, 1000)))
@@ -402,6 +409,7 @@ def _bearer(request: web.Request) -> str | None:
 def _make_handler(
     route: Route, hub: Hub, auth: Authenticator
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    max_bytes = hub.settings.server.max_frame_bytes
     decoder: msgspec.json.Decoder[Any] | None = (
         msgspec.json.Decoder(route.body) if route.body is not None else None
     )
@@ -412,11 +420,20 @@ def _make_handler(
             record = auth.check_admin(token) if route.access == "admin" else auth.identify(token)
             body = None
             if decoder is not None:
-                raw = await request.read()
+                try:
+                    raw = await request.read()
+                except web.HTTPRequestEntityTooLarge:
+                    raw = None
+                if raw is None or len(raw) > max_bytes:
+                    raise MessageTooLargeError(
+                        f"request body over {max_bytes} bytes", limit=max_bytes
+                    )
                 try:
                     body = decoder.decode(raw or b"{}")
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     raise InvalidInputError(f"bad request body: {exc}") from None
+                except RecursionError:
+                    raise InvalidInputError("bad request body: nested too deeply") from None
             ctx = Ctx(
                 hub,
                 request,

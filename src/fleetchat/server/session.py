@@ -144,6 +144,9 @@ class AgentSession:
         self.outstanding: deque[tuple[int, Batch]] = deque()
         self.requests: OrderedDict[int, Message] = OrderedDict()
         self.tasks: set[asyncio.Task[Any]] = set()
+        # Publishes are not cancelled when the connection drops: once accepted they commit,
+        # and the ledger must know it, so a retry on a new connection is not posted twice.
+        self.publishing: set[asyncio.Task[Any]] = set()
         self.room = asyncio.Event()
         self.bad_frames = 0
         self.bucket = _Bucket(settings.frame_rate, settings.frame_burst)
@@ -170,6 +173,8 @@ class AgentSession:
         self.closing = True
         for task in list(self.tasks):
             task.cancel()
+        if self.publishing:
+            await asyncio.gather(*self.publishing, return_exceptions=True)
         if self.agent_id:
             self.hub.bus.detach(self.agent_id, self.consumer)
             mine = self.sessions.get(self.agent_id)
@@ -184,7 +189,8 @@ class AgentSession:
 
     async def _send(self, frame: Any) -> None:
         if not self.ws.closed:
-            await self.ws.send_frame(p.encode(frame), WSMsgType.TEXT)
+            with contextlib.suppress(ConnectionError):
+                await self.ws.send_frame(p.encode(frame), WSMsgType.TEXT)
 
     async def _error(self, exc: FleetchatError, frame_id: str | None = None) -> None:
         await self._send(
@@ -204,7 +210,7 @@ class AgentSession:
             return False
         try:
             hello = p.decode_client_frame(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             await self._error(InvalidInputError(f"bad hello: {exc}"))
             await self.ws.close(code=p.CLOSE_AUTH, message=b"bad hello")
             return False
@@ -227,9 +233,10 @@ class AgentSession:
         check_agent_id(hello.agent_id)
         self.auth.check_acts_as(hello.token, hello.agent_id)
         self.agent_id = hello.agent_id
-        if not 1 <= hello.window <= self.settings.max_window:
+        window = self.settings.default_window if hello.window is None else hello.window
+        if not 1 <= window <= self.settings.max_window:
             raise InvalidInputError(f"window must be 1..{self.settings.max_window}", field="window")
-        self.window = hello.window
+        self.window = window
         registry = self.hub.registry
         if hello.capabilities is not None:
             await registry.register(
@@ -275,6 +282,8 @@ class AgentSession:
                     frame = p.decode_client_frame(data)
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     raise InvalidInputError(f"bad frame: {exc}") from None
+                except RecursionError:
+                    raise InvalidInputError("bad frame: nested too deeply") from None
                 await self._dispatch(frame)
                 self.bad_frames = 0
             except FleetchatError as exc:
@@ -288,7 +297,9 @@ class AgentSession:
         if isinstance(frame, p.Ack):
             self._on_ack(frame)
         elif isinstance(frame, p.Publish):
-            self._spawn(self._publish(frame))
+            task = asyncio.ensure_future(self._publish(frame))
+            self.publishing.add(task)
+            task.add_done_callback(self.publishing.discard)
         elif isinstance(frame, p.Heartbeat):
             if self.agent_id in self.hub.registry:
                 self.hub.registry.heartbeat(self.agent_id, resources=frame.resources)
@@ -498,7 +509,7 @@ def _frame_id(data: Any) -> str | None:
     """The ``id`` of a frame that failed, if it can be read at all."""
     try:
         obj = msgspec.json.decode(data)
-    except (msgspec.DecodeError, TypeError):
+    except (msgspec.DecodeError, TypeError, RecursionError):
         return None
     value = obj.get("id") if isinstance(obj, dict) else None
     return value if isinstance(value, str) else None
