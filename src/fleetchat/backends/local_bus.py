@@ -23,10 +23,10 @@ from fleetchat.backends.ports import ChannelLog, CursorRecord, DeliveryObserver
 from fleetchat.config import ChatSettings, StorageSettings
 from fleetchat.errors import (
     BackpressureError,
-    FleetchatError,
     ChannelExistsError,
     ChannelNotFoundError,
     ClosedError,
+    FleetchatError,
 )
 from fleetchat.models import Channel, DeadLetter, FailReason, Message
 from fleetchat.types import PRIORITIES, PRIORITY_RANK, Clock, new_id

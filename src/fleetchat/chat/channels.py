@@ -192,6 +192,8 @@ class ChannelRegistry:
     async def leave(self, name: str, agent_id: str) -> bool:
         """Remove ``agent_id`` from ``name``; posts "agent X left". False if it was not a member."""
         self.get(name)
+        if name.startswith("@"):
+            raise ForbiddenError("an agent cannot leave its own inbox", channel=name)
         check_agent_id(agent_id)
         removed = await self._bus.remove_member(name, agent_id)
         if removed:

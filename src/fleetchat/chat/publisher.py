@@ -140,6 +140,11 @@ class Publisher:
             BackpressureError (nothing was written), BackendError.
         """
         check_channel_name(channel)
+        if kind in ("request", "reply"):
+            raise InvalidInputError(
+                "requests and replies are sent with request() and reply(), not published",
+                field="kind",
+            )
         message = build_message(
             self._settings,
             self._clock,

@@ -143,11 +143,14 @@ class AgentRegistry:
         *,
         capabilities: Mapping[str, float] | None = None,
         capacity: int = 1,
-        performance: float = 1.0,
+        performance: float | None = None,
         labels: Mapping[str, str] | None = None,
         resources: Mapping[str, Any] | None = None,
     ) -> AgentInfo:
-        """Register ``agent_id`` (or replace its record: registering again is an update)."""
+        """Register ``agent_id`` (or replace its record: registering again is an update).
+
+        ``performance`` defaults to the agent's earned score (1.0 for a new agent).
+        """
         check_agent_id(agent_id)
         now = self._clock.time()
         old = self._agents.get(agent_id)
@@ -155,7 +158,11 @@ class AgentRegistry:
             id=agent_id,
             capabilities=check_capabilities(capabilities or {}),
             capacity=_check_capacity(capacity),
-            performance=_check_unit(performance, "performance"),
+            performance=(
+                (old.performance if old else 1.0)
+                if performance is None
+                else _check_unit(performance, "performance")
+            ),
             labels=_check_str_map(labels or {}, "labels"),
             resources=_check_resources(resources or {}),
             active_tasks=old.active_tasks if old else 0,

@@ -284,6 +284,11 @@ class AgentSession:
                     raise InvalidInputError(f"bad frame: {exc}") from None
                 except RecursionError:
                     raise InvalidInputError("bad frame: nested too deeply") from None
+                if frame.v != p.VERSION:
+                    raise InvalidInputError(
+                        f"protocol version {frame.v} is not supported; this hub speaks 1",
+                        field="v",
+                    )
                 await self._dispatch(frame)
                 self.bad_frames = 0
             except FleetchatError as exc:
@@ -315,6 +320,8 @@ class AgentSession:
                 p.Ok(id=frame.id, channels=self.hub.channels.memberships(self.agent_id))
             )
         elif isinstance(frame, p.Nack):
+            if frame.delay is not None and not 0 <= frame.delay <= 86_400:
+                raise InvalidInputError("delay must be 0..86400 seconds", field="delay")
             batch, index = self._find(frame.tag)
             self.hub.bus.nack(batch, index, delay=frame.delay, dead_letter=frame.dead_letter)
             self._drop_settled()
@@ -460,34 +467,42 @@ class AgentSession:
                     break
                 batches.append(more)
                 room -= more.pending
-                size += len(more.items) * 200
+                size += sum(len(self.cache.get(m)) for m in more.items)
             await self._deliver(batches)
             await self._check_slow()
 
     async def _deliver(self, batches: list[Batch]) -> None:
-        first_tag = self.next_tag
+        """Send ``batches`` as deliver frames with consecutive tags, one frame unless the
+        messages exceed the frame budget (then several, each within it)."""
+        get = self.cache.get
+        budget = min(_FRAME_BUDGET, self.settings.max_frame_bytes // 2)
+        tag = self.next_tag
+        first_tag = tag
         parts: list[bytes] = []
         attempts: list[int] = []
-        any_retry = False
-        get = self.cache.get
-        tag = first_tag
+        size = 0
+        frames: list[bytes] = []
         for batch in batches:
             self.outstanding.append((tag, batch))
             for i, m in enumerate(batch.items):
-                parts.append(get(m))
+                data = get(m)
+                if parts and size + len(data) > budget:
+                    frames.append(_deliver_frame(first_tag, parts, attempts))
+                    first_tag, parts, attempts, size = tag, [], [], 0
+                parts.append(data)
+                attempts.append(batch.attempts[i])
+                size += len(data)
                 if m.kind == "request":
-                    self.requests[tag + i] = m
+                    self.requests[tag] = m
                     if len(self.requests) > 10_000:
                         self.requests.popitem(last=False)
-            attempts.extend(batch.attempts)
-            any_retry = any_retry or any(a > 1 for a in batch.attempts)
-            tag += len(batch.items)
+                tag += 1
+        if parts:
+            frames.append(_deliver_frame(first_tag, parts, attempts))
         self.next_tag = tag
-        head = b'{"v":1,"type":"deliver","first_tag":%d,' % first_tag
-        if any_retry:
-            head += b'"attempts":' + msgspec.json.encode(attempts) + b","
-        frame = head + b'"messages":[' + b",".join(parts) + b"]}"
-        if not self.ws.closed:
+        for frame in frames:
+            if self.ws.closed:
+                return
             await self.ws.send_frame(frame, WSMsgType.TEXT)
 
     async def _check_slow(self) -> None:
@@ -503,6 +518,13 @@ class AgentSession:
                 await self.ws.close(code=p.CLOSE_SLOW_CONSUMER, message=b"slow consumer")
                 return
             await asyncio.sleep(0.05)
+
+
+def _deliver_frame(first_tag: int, parts: list[bytes], attempts: list[int]) -> bytes:
+    head = b'{"v":1,"type":"deliver","first_tag":%d,' % first_tag
+    if any(a > 1 for a in attempts):
+        head += b'"attempts":' + msgspec.json.encode(attempts) + b","
+    return head + b'"messages":[' + b",".join(parts) + b"]}"
 
 
 def _frame_id(data: Any) -> str | None:
