@@ -88,12 +88,15 @@ def message_line(m: Message) -> Text:
     style = "dim italic" if m.kind == "system" else _STYLE.get(str(m.priority), "")
     where = f"{m.channel}#{m.seq}" if m.seq else m.channel
     kind = "" if m.kind == "chat" else f" ({m.kind})"
+    body = m.body
+    if m.kind == "system" and isinstance(body, dict):  # the hub's announcements
+        body = body.get("text", body)
     return Text.assemble(
         (f"{stamp} ", "dim"),
         (f"{where} ", "cyan"),
         (f"{m.sender}", "bold"),
         (f" [{m.priority}]{kind} ", style or "dim"),
-        (_body(m.body), style),
+        (_body(body), style),
     )
 
 
@@ -186,8 +189,10 @@ def send(
     channel: Annotated[str, typer.Argument(help="Channel (or @agent inbox) to post in.")],
     text: Annotated[str, typer.Argument(help="The message body.")],
     priority: Annotated[str, typer.Option(help="critical, high, normal or low.")] = "normal",
-    json_body: Annotated[bool, typer.Option(help="Parse TEXT as JSON for the body.")] = False,
-    kind: Annotated[str, typer.Option(help="chat, task, result, request or reply.")] = "chat",
+    json_body: Annotated[
+        bool, typer.Option("--json-body", help="Parse TEXT as JSON for the body.")
+    ] = False,
+    kind: Annotated[str, typer.Option(help="Message kind: chat, task or result.")] = "chat",
     as_: Annotated[
         str | None,
         typer.Option("--as", help="Sender id (default: the token's agent, or 'cli')."),
@@ -286,8 +291,10 @@ def dlq(
         list[int] | None,
         typer.Option(help="Replay the dead letter with this $dlq seq (repeat for more)."),
     ] = None,
-    replay_all: Annotated[bool, typer.Option(help="Replay every dead letter kept.")] = False,
-    purge: Annotated[bool, typer.Option(help="Delete every dead letter.")] = False,
+    replay_all: Annotated[
+        bool, typer.Option("--replay-all", help="Replay every dead letter kept.")
+    ] = False,
+    purge: Annotated[bool, typer.Option("--purge", help="Delete every dead letter.")] = False,
     limit: Annotated[int, typer.Option(help="Most dead letters listed.")] = 100,
     json_: JsonOpt = False,
     hub: HubOpt = DEFAULT_HUB,

@@ -252,7 +252,7 @@ class Agent(AgentCore):
         )
         # The hub answers request_timeout at ``timeout``; the margin covers the round trip.
         replies: list[Message] = await self._call(
-            frame, timeout=timeout + 2.0, deadline=time.monotonic() + timeout
+            frame, timeout=timeout + 1.0, deadline=time.monotonic() + timeout
         )
         return replies if collect else replies[0]
 

@@ -66,7 +66,7 @@ class CallTable:
                 if not call.future.done():
                     call.future.set_exception(request_timeout(frame))
                 return False
-            frame.timeout = remaining
+            frame.timeout = round(remaining, 3)
         call.generation = generation
         return True
 

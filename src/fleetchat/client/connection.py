@@ -78,15 +78,18 @@ class Connection:
                 ForbiddenError for a token of another agent, InvalidIdError).
         """
         try:
-            ws = await session.ws_connect(
-                url,
-                autoping=True,
-                compress=0,
-                max_msg_size=0,  # deliveries are batched; the hub bounds them, not us
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-            )
+            async with asyncio.timeout(timeout):
+                ws = await session.ws_connect(
+                    url,
+                    autoping=True,
+                    compress=0,
+                    max_msg_size=0,  # deliveries are batched; the hub bounds them, not us
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise HubUnavailableError(f"cannot reach the hub at {url}: {exc}", url=url) from exc
+            raise HubUnavailableError(
+                f"cannot reach the hub at {url}: {exc or type(exc).__name__}", url=url
+            ) from exc
         try:
             async with asyncio.timeout(timeout):
                 await ws.send_frame(p.encode(hello), WSMsgType.TEXT)
@@ -95,7 +98,9 @@ class Connection:
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await ws.close()
-            if isinstance(exc, TimeoutError | aiohttp.ClientError | ConnectionError):
+            if not isinstance(exc, FleetchatError) and isinstance(
+                exc, TimeoutError | aiohttp.ClientError | ConnectionError
+            ):
                 raise HubUnavailableError(f"no welcome from the hub at {url}", url=url) from exc
             raise
         interval = heartbeat_interval or welcome.heartbeat_interval

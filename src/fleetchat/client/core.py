@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import signal
 import threading
 import time
@@ -26,6 +27,8 @@ __all__ = ["AgentCore"]
 
 log = logging.getLogger(__name__)
 
+_SHUTDOWN_PAUSE = 0.5
+"""Seconds (with jitter, half to all of it) before reconnecting to a hub that shut down."""
 # Errors that retrying may fix (hub closing, backend trouble, network); any other answer to
 # hello (bad token, token of another agent, bad id) stops the agent.
 _RETRYABLE = ("closed", "backend_error", "backpressure", "rate_limited", "hub_unavailable")
@@ -145,7 +148,9 @@ class AgentCore:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.drain_timeout):
                     await self._dispatcher.drain()
-                    await asyncio.gather(*self._calls.publishes(), return_exceptions=True)
+                    publishes = self._calls.publishes()
+                    if publishes and self._ready.is_set():
+                        await asyncio.wait(publishes)  # (not cancelled by the timeout)
                     if self._conn is not None:
                         await self._conn.flush()
         if self._supervisor is not None:
@@ -266,6 +271,9 @@ class AgentCore:
                 extra={"agent_id": self.agent_id},
             )
             backoff.reset()
+            if code == p.CLOSE_SERVER_SHUTDOWN:
+                # The hub is going away: give it a moment rather than knock while it closes.
+                await asyncio.sleep(_SHUTDOWN_PAUSE * (0.5 + 0.5 * random.random()))
             while self._state == "running":
                 try:
                     await self._connect(first=False)
@@ -276,6 +284,9 @@ class AgentCore:
                         self._calls.fail_all(exc)
                         self._done.set()
                         return
+                    await asyncio.sleep(backoff.next())
+                except Exception:  # a bug must not end reconnecting for good
+                    log.exception("reconnecting failed", extra={"agent_id": self.agent_id})
                     await asyncio.sleep(backoff.next())
                 else:
                     self.stats.reconnects += 1
