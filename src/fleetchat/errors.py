@@ -19,6 +19,7 @@ __all__ = [
     "ConflictError",
     "FleetchatError",
     "ForbiddenError",
+    "HubUnavailableError",
     "InvalidIdError",
     "InvalidInputError",
     "MessageTooLargeError",
@@ -97,6 +98,12 @@ class UnauthenticatedError(FleetchatError):
     """No token, or a token the hub does not know."""
 
     code = "unauthenticated"
+
+
+class HubUnavailableError(FleetchatError, ConnectionError):
+    """The hub cannot be reached: connection refused, reset or timed out (client side)."""
+
+    code = "hub_unavailable"
 
 
 class RateLimitedError(FleetchatError):

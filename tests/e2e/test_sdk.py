@@ -533,12 +533,6 @@ async def test_a_revoked_token_stops_the_agent_at_its_next_hello(
         await agent.publish("jobs", "x")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: HubServer.close() closes only welcomed sessions; a WebSocket that has "
-    "not said hello yet (an agent reconnecting as the hub stops) holds runner.cleanup() until "
-    "the 10 s hello timeout",
-)
 async def test_server_close_does_not_wait_for_a_socket_that_has_not_said_hello() -> None:
     async with Hub.open("memory://") as hub:
         srv = HubServer(hub, port=0)

@@ -36,6 +36,7 @@ STABLE_CODES = {
     "BackendError": "backend_error",
     "UnauthenticatedError": "unauthenticated",
     "RateLimitedError": "rate_limited",
+    "HubUnavailableError": "hub_unavailable",
 }
 
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from fleetchat import protocol as p
-from fleetchat.errors import ConfigError, FleetchatError
+from fleetchat.errors import ConfigError, HubUnavailableError
 
 __all__ = [
     "DEFAULT_HUB",
@@ -32,17 +32,6 @@ _decoder: msgspec.json.Decoder[ServerFrame] = msgspec.json.Decoder(ServerFrame)
 def decode_server_frame(data: str | bytes) -> ServerFrame:
     """Parse one frame from the hub. Raises ``msgspec.DecodeError`` / ``ValidationError``."""
     return _decoder.decode(data)
-
-
-class HubUnavailableError(FleetchatError, ConnectionError):
-    """The hub cannot be reached: connection refused, reset or timed out.
-
-    Raised by ``Agent.start`` when the first connection fails within ``connect_timeout``, by
-    ``HubClient`` calls, and by ``Agent.publish`` when no confirmation came in time while the
-    connection was down. Also a ``ConnectionError``.
-    """
-
-    code = "hub_unavailable"
 
 
 _WS_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}

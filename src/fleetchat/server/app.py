@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import ssl
 from typing import Any
@@ -40,6 +41,7 @@ class HubServer:
             hub.store, hub.clock, enabled=self.settings.auth, configured=self.settings.tokens
         )
         self.sessions: dict[str, set[AgentSession]] = {}
+        self._sockets: set[web.WebSocketResponse] = set()
         self.cache = MessageCache()
         self.ledger = PublishLedger()
         self.app = self._build_app()
@@ -72,7 +74,9 @@ class HubServer:
         if self.settings.tls_cert and self.settings.tls_key:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self._port, ssl_context=context, backlog=2048)
         await site.start()
@@ -82,9 +86,15 @@ class HubServer:
         log.info("serving", extra={"url": self.url})
 
     async def close(self) -> None:
-        for sessions in list(self.sessions.values()):
-            for session in list(sessions):
-                await session.ws.close(code=p.CLOSE_SERVER_SHUTDOWN, message=b"server shutdown")
+        # Every socket, including ones that have not said hello yet, so shutdown never waits
+        # for the hello timeout.
+        await asyncio.gather(
+            *(
+                ws.close(code=p.CLOSE_SERVER_SHUTDOWN, message=b"server shutdown")
+                for ws in list(self._sockets)
+            ),
+            return_exceptions=True,
+        )
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -105,6 +115,7 @@ class HubServer:
             max_msg_size=self.settings.max_frame_bytes * 4,
         )
         await ws.prepare(request)
+        self._sockets.add(ws)
         session = AgentSession(
             ws,
             self.hub,
@@ -115,7 +126,10 @@ class HubServer:
             request.transport,
             self.ledger,
         )
-        await session.run()
+        try:
+            await session.run()
+        finally:
+            self._sockets.discard(ws)
         return ws
 
     async def _openapi(self, request: web.Request) -> web.Response:
@@ -139,4 +153,9 @@ async def serve_forever(hub_url: str | None, settings: Any, stop: asyncio.Event)
             f"API docs {server.url}/v1/docs",
             flush=True,
         )
+        # Many long-lived connection objects: keep the cyclic GC off them (full collections
+        # over a large heap paused the loop for up to a second at 15,000 connections).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 10, 10)
         await stop.wait()
