@@ -449,6 +449,12 @@ class LocalBus:
             for m in messages:
                 retries.pop(m.id, None)
         cursors = member.cursors
+        first = messages[0].channel if messages else None
+        if first is not None and messages[-1].channel == first:
+            # One channel (the usual batch): nothing to do unless its cursor is durable.
+            only = cursors.get(first)
+            if (only is None or not only.durable) and all(m.channel == first for m in messages):
+                return
         channel = None
         cur = None
         for m in messages:

@@ -460,14 +460,13 @@ class AgentSession:
                 continue
             batches = [batch]
             room -= batch.pending
-            size = 0
-            while room > 0 and size < _FRAME_BUDGET:
+            # Everything ready now goes out in this turn's write (frames split by _deliver).
+            while room > 0:
                 more = await bus.fetch(agent, consumer, min(room, 256), 0)
                 if more is None:
                     break
                 batches.append(more)
                 room -= more.pending
-                size += sum(len(self.cache.get(m)) for m in more.items)
             await self._deliver(batches)
             await self._check_slow()
 
@@ -484,18 +483,28 @@ class AgentSession:
         frames: list[bytes] = []
         for batch in batches:
             self.outstanding.append((tag, batch))
-            for i, m in enumerate(batch.items):
-                data = get(m)
+            items = batch.items
+            datas = [get(m) for m in items]
+            if batch.pending != len(items):  # transient items: requests to remember by tag
+                for i, m in enumerate(items):
+                    if m.kind == "request":
+                        self.requests[tag + i] = m
+                        if len(self.requests) > 10_000:
+                            self.requests.popitem(last=False)
+            batch_size = sum(map(len, datas))
+            if size + batch_size <= budget:  # the common case: the whole batch fits
+                parts.extend(datas)
+                attempts.extend(batch.attempts)
+                size += batch_size
+                tag += len(items)
+                continue
+            for i, data in enumerate(datas):
                 if parts and size + len(data) > budget:
                     frames.append(_deliver_frame(first_tag, parts, attempts))
                     first_tag, parts, attempts, size = tag, [], [], 0
                 parts.append(data)
                 attempts.append(batch.attempts[i])
                 size += len(data)
-                if m.kind == "request":
-                    self.requests[tag] = m
-                    if len(self.requests) > 10_000:
-                        self.requests.popitem(last=False)
                 tag += 1
         if parts:
             frames.append(_deliver_frame(first_tag, parts, attempts))
