@@ -302,6 +302,11 @@ class AgentSession:
         if isinstance(frame, p.Ack):
             self._on_ack(frame)
         elif isinstance(frame, p.Publish):
+            spec = self.hub.bus.channel(frame.channel)
+            if spec is not None and spec.ephemeral:
+                # Nothing to wait for (no commit): publish inline, no task.
+                await self._publish(frame)
+                return
             task = asyncio.ensure_future(self._publish(frame))
             self.publishing.add(task)
             task.add_done_callback(self.publishing.discard)
