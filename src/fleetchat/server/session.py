@@ -446,7 +446,7 @@ class AgentSession:
     async def _pump(self) -> None:
         bus = self.hub.bus
         agent, consumer = self.agent_id, self.consumer
-        while True:
+        while not self.closing:
             room = self.window - self._unacked()
             if room <= 0:
                 self.room.clear()
@@ -473,7 +473,8 @@ class AgentSession:
                 batches.append(more)
                 room -= more.pending
             await self._deliver(batches)
-            await self._check_slow()
+            if not self.closing:
+                await self._check_slow()
 
     async def _deliver(self, batches: list[Batch]) -> None:
         """Send ``batches`` as deliver frames with consecutive tags, one frame unless the
@@ -517,21 +518,36 @@ class AgentSession:
         for frame in frames:
             if self.ws.closed:
                 return
-            await self.ws.send_frame(frame, WSMsgType.TEXT)
+            try:
+                # A peer that stops reading makes the send wait for the socket to drain.
+                async with asyncio.timeout(self.settings.slow_consumer_seconds):
+                    await self.ws.send_frame(frame, WSMsgType.TEXT)
+            except TimeoutError:
+                await self._close_slow()
+                return
 
     async def _check_slow(self) -> None:
+        """Close the connection if its unsent data stays over the limit for too long."""
         transport = self.transport
         if not isinstance(transport, asyncio.WriteTransport):
-            return
-        if transport.get_write_buffer_size() <= self.settings.slow_consumer_bytes:
             return
         deadline = time.monotonic() + self.settings.slow_consumer_seconds
         while transport.get_write_buffer_size() > self.settings.slow_consumer_bytes:
             if time.monotonic() >= deadline:
-                log.warning("closing slow consumer", extra={"agent_id": self.agent_id})
-                await self.ws.close(code=p.CLOSE_SLOW_CONSUMER, message=b"slow consumer")
+                await self._close_slow()
                 return
             await asyncio.sleep(0.05)
+
+    async def _close_slow(self) -> None:
+        log.warning("closing slow consumer", extra={"agent_id": self.agent_id})
+        self.closing = True
+        # The close frame may be stuck behind the unread data (and aiohttp's close waits for
+        # the peer): send it in the background and drop the connection a second later, so the
+        # session ends and its unacked deliveries go back to the queue.
+        self._spawn(self.ws.close(code=p.CLOSE_SLOW_CONSUMER, message=b"slow consumer"))
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport):
+            asyncio.get_running_loop().call_later(1.0, transport.abort)
 
 
 def _deliver_frame(first_tag: int, parts: list[bytes], attempts: list[int]) -> bytes:
