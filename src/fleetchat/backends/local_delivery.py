@@ -1,0 +1,365 @@
+"""The consuming half of the LocalBus: fetch, ack, nack, retries, dead letters, page-in.
+
+``Consuming`` is a mixin of :class:`fleetchat.backends.local_bus.LocalBus`; it works on the
+bus's member and channel state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from fleetchat.backends.local_member import Batch, Cursor, MemberState
+from fleetchat.config import ChatSettings
+from fleetchat.errors import ClosedError
+from fleetchat.models import DeadLetter, FailReason, Message
+from fleetchat.types import PRIORITIES, PRIORITY_RANK, Clock, new_id
+
+if TYPE_CHECKING:
+    from fleetchat.backends.local_bus import _ChannelState
+    from fleetchat.backends.ports import DeliveryObserver
+
+__all__ = ["DLQ_CHANNEL", "HUB_SENDER", "Consuming", "resolve"]
+
+log = logging.getLogger(__name__)
+
+DLQ_CHANNEL = "$dlq"
+HUB_SENDER = "$hub"
+_READ_PAGE = 512
+
+
+class Consuming:
+    """Handing deliveries to consumers and settling them."""
+
+    settings: ChatSettings
+    _clock: Clock
+    _observer: DeliveryObserver
+    _channels: dict[str, _ChannelState]
+    _members: dict[str, MemberState]
+    _closed: bool
+
+    if TYPE_CHECKING:
+
+        def _member(self, member_id: str) -> MemberState: ...
+
+        def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
+
+        async def publish(self, messages: list[Message], timeout: float) -> list[Message]: ...
+
+    async def fetch(
+        self, member_id: str, consumer: int, max_items: int, timeout: float | None
+    ) -> Batch | None:
+        """Next batch for ``member_id``, waiting up to ``timeout`` seconds (None: forever)."""
+        member = self._member(member_id)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else self._clock.monotonic() + timeout
+        while True:
+            if self._closed:
+                raise ClosedError("the hub is closed")
+            if member.lagging:
+                self._refill(member)
+            if member.queued:
+                batch = self._make_batch(member, consumer, max_items)
+                if batch is not None:
+                    return batch
+                continue
+            remaining = None if deadline is None else deadline - self._clock.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            fut: asyncio.Future[None] = loop.create_future()
+            member.waiters.append(fut)
+            member.consumer_waits[consumer] = fut
+            timer = (
+                None
+                if remaining is None
+                else self._clock.call_later(remaining, partial(resolve, fut))
+            )
+            try:
+                await fut
+            finally:
+                member.consumer_waits.pop(consumer, None)
+                if timer is not None:
+                    timer.cancel()
+
+    def _make_batch(self, member: MemberState, consumer: int, max_items: int) -> Batch | None:
+        rank, items = member.take(max_items)
+        now = self._clock.time()
+        live = [m for m in items if m.expires_at is None or m.expires_at > now]
+        if len(live) != len(items):
+            for m in items:
+                if m.expires_at is not None and m.expires_at <= now and m.seq:
+                    self._settle_dropped(member, m)
+                    self._observer.on_expired(member.id, m)
+            if not live:
+                return None
+        retries = member.retries
+        attempts = [retries.get(m.id, 0) + 1 for m in live] if retries else [1] * len(live)
+        qos = self.settings.qos[PRIORITIES[rank]]
+        batch = Batch(member, consumer, live, attempts, qos)
+        if batch.pending:
+            member.inflight += batch.pending
+            member.batches.add(batch)
+            batch.timer = self._clock.call_later(
+                qos.ack_timeout, partial(self._on_ack_timeout, batch)
+            )
+        return batch
+
+    def ack(self, batch: Batch, index: int | None = None) -> int:
+        """Ack one item (``index``) or every open item of ``batch``; returns how many."""
+        if batch.pending == 0:
+            return 0
+        items = batch.items
+        if index is None and batch.pending == len(items):
+            # The common case: the whole batch at once. ``open`` is left as it is: a batch
+            # with nothing pending is finished and never looked at again.
+            idxs = None
+            acked = items
+            self._settle_all(batch.member, items)
+        else:
+            open_ = batch.open
+            idxs = [i for i, o in enumerate(open_) if o] if index is None else [index]
+            idxs = [i for i in idxs if open_[i]]
+            acked = [items[i] for i in idxs]
+            for i in idxs:
+                open_[i] = False
+            self._settle_all(batch.member, acked)
+        member = batch.member
+        n = len(acked)
+        batch.pending -= n
+        member.inflight -= n
+        if batch.pending == 0:
+            self._finish(batch)
+        if n:
+            attempts = batch.attempts if idxs is None else [batch.attempts[i] for i in idxs]
+            self._observer.on_acked(member.id, acked, attempts, self._clock.time())
+            self._after_room(member)
+        return n
+
+    @staticmethod
+    def _settle_all(member: MemberState, messages: list[Message]) -> None:
+        retries = member.retries
+        if retries:
+            for m in messages:
+                retries.pop(m.id, None)
+        cursors = member.cursors
+        first = messages[0].channel if messages else None
+        if first is not None and messages[-1].channel == first:
+            # One channel (the usual batch): nothing to do unless its cursor is durable.
+            only = cursors.get(first)
+            if (only is None or not only.durable) and all(m.channel == first for m in messages):
+                return
+        channel = None
+        cur = None
+        for m in messages:
+            if m.channel != channel:
+                channel = m.channel
+                cur = cursors.get(channel)
+                if cur is not None and not cur.durable:
+                    cur = None
+            if cur is not None:
+                cur.settle(m.seq)
+
+    def nack(
+        self,
+        batch: Batch,
+        index: int | None = None,
+        *,
+        delay: float | None = None,
+        dead_letter: bool = False,
+    ) -> int:
+        """Fail one or every open item now: retried after ``delay`` (default: the backoff)."""
+        idxs = [i for i, o in enumerate(batch.open) if o and (index is None or i == index)]
+        self._fail(
+            batch, idxs, "rejected" if dead_letter else "nacked", delay=delay, dead=dead_letter
+        )
+        return len(idxs)
+
+    def _finish(self, batch: Batch) -> None:
+        if batch.timer is not None:
+            batch.timer.cancel()
+            batch.timer = None
+        batch.member.batches.discard(batch)
+
+    def _on_ack_timeout(self, batch: Batch) -> None:
+        batch.timer = None
+        if batch.pending and not self._closed:
+            self._fail(batch, [i for i, o in enumerate(batch.open) if o], "ack_timeout")
+
+    def _fail(
+        self,
+        batch: Batch,
+        idxs: list[int],
+        reason: FailReason,
+        *,
+        delay: float | None = None,
+        dead: bool = False,
+    ) -> None:
+        member = batch.member
+        qos = batch.qos
+        later: dict[float, list[Message]] = {}
+        for i in idxs:
+            batch.open[i] = False
+            m = batch.items[i]
+            attempt = batch.attempts[i]
+            if dead or attempt >= qos.max_attempts:
+                if m.channel == DLQ_CHANNEL:
+                    # A dead letter that cannot be delivered is not dead-lettered again.
+                    log.warning("dropping undeliverable dead letter", extra={"member": member.id})
+                    self._settle_dropped(member, m)
+                else:
+                    self._dead_letter(member, m, attempt, reason)
+                continue
+            member.retries[m.id] = attempt
+            cur = member.cursors.get(m.channel)
+            if cur is not None and cur.durable:
+                cur.touch()  # so the attempt count survives a restart
+            self._observer.on_retry(member.id, m, attempt + 1, reason)
+            later.setdefault(qos.backoff(attempt) if delay is None else delay, []).append(m)
+        batch.pending -= len(idxs)
+        member.inflight -= len(idxs)
+        if batch.pending == 0:
+            self._finish(batch)
+        for wait, msgs in later.items():
+            member.delayed += len(msgs)
+            self._clock.call_later(wait, partial(self._requeue, member, msgs, True))
+        self._after_room(member)
+
+    def _requeue(self, member: MemberState, msgs: list[Message], delayed: bool) -> None:
+        if delayed:
+            member.delayed -= len(msgs)
+        if self._closed:
+            return
+        for m in reversed(msgs):
+            cur = member.cursors.get(m.channel)
+            if cur is None or (cur.durable and cur.is_settled(m.seq)):
+                continue  # left the channel, or settled meanwhile
+            member.lanes[PRIORITY_RANK[m.priority]].appendleft(m)
+            member.queued += 1
+        member.wake()
+
+    def settle_through(self, member_id: str, channel: str, seq: int) -> int:
+        """The member says it processed everything of ``channel`` up to ``seq``: settle those
+        (a client-held cursor, sent on reconnect). Returns how many were newly settled."""
+        member = self._members.get(member_id)
+        st = self._channels.get(channel)
+        cur = member.cursors.get(channel) if member else None
+        if member is None or st is None or cur is None or not cur.durable:
+            return 0
+        upto = min(seq, st.committed)
+        settled = 0
+        for s in range(cur.floor + 1, upto + 1):
+            if not cur.is_settled(s):
+                cur.settle(s)
+                settled += 1
+        if settled:
+            for lane in member.lanes:
+                keep = [m for m in lane if m.channel != channel or m.seq > upto]
+                member.queued -= len(lane) - len(keep)
+                lane.clear()
+                lane.extend(keep)
+            cur.fetched = max(cur.fetched, upto)
+        return settled
+
+    def detach(self, member_id: str, consumer: int) -> None:
+        """A consumer went away: its open deliveries go back to the queue, attempts unchanged."""
+        member = self._members.get(member_id)
+        if member is None:
+            return
+        waiting = member.consumer_waits.pop(consumer, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_exception(ClosedError("the subscription is closed"))
+        returned: list[Message] = []
+        for batch in [b for b in member.batches if b.consumer == consumer]:
+            returned.extend(m for m, o in zip(batch.items, batch.open, strict=True) if o)
+            batch.open = [False] * len(batch.items)
+            member.inflight -= batch.pending
+            batch.pending = 0
+            self._finish(batch)
+        # Back in the order they were committed, ahead of everything still queued.
+        returned.sort(key=lambda m: (m.created_at, m.seq))
+        self._requeue(member, returned, False)
+
+    def _after_room(self, member: MemberState) -> None:
+        if member.lagging:
+            self._refill(member)
+        if member.room_waiters:
+            member.wake_room()
+
+    def _settle_dropped(self, member: MemberState, m: Message) -> None:
+        member.retries.pop(m.id, None)
+        cur = member.cursors.get(m.channel)
+        if cur is not None and cur.durable and m.seq:
+            cur.settle(m.seq)
+
+    def _dead_letter(
+        self, member: MemberState, m: Message, attempts: int, reason: FailReason
+    ) -> None:
+        self._settle_dropped(member, m)
+        if self._closed:
+            return
+        self._observer.on_dead_letter(member.id, m, attempts, reason)
+        now = self._clock.time()
+        body = DeadLetter(
+            member=member.id, message=m, reason=reason, attempts=attempts, dead_at=now
+        )
+        letter = Message(
+            id=new_id(),
+            channel=DLQ_CHANNEL,
+            sender=HUB_SENDER,
+            kind="system",
+            body=msgspec.to_builtins(body),
+            priority=m.priority,
+            created_at=now,
+        )
+        self._spawn(self.publish([letter], self.settings.publish_timeout))
+
+    def _refill(self, member: MemberState) -> None:
+        """Page a lagging member's backlog in from the logs, as far as its room allows."""
+        for name in list(member.lagging):
+            st = self._channels.get(name)
+            cur = member.cursors.get(name)
+            if st is None or cur is None:
+                member.lagging.discard(name)
+                continue
+            while cur.fetched < st.committed:
+                room = member.room
+                if room <= 0:
+                    return
+                msgs = st.log.read(name, cur.fetched, min(room, _READ_PAGE))
+                if not msgs:
+                    self._skip(member, cur, st.committed)
+                    break
+                for m in msgs:
+                    if m.seq > st.committed:
+                        break
+                    if m.seq > cur.fetched + 1:
+                        self._skip(member, cur, m.seq - 1)
+                    cur.fetched = m.seq
+                    if cur.durable and cur.is_settled(m.seq):
+                        continue
+                    if m.sender == member.id:
+                        if cur.durable:
+                            cur.settle(m.seq)
+                        continue
+                    member.push(PRIORITY_RANK[m.priority], m)
+            member.lagging.discard(name)
+
+    def _skip(self, member: MemberState, cur: Cursor, upto: int) -> None:
+        """Seqs up to ``upto`` are gone from the log (retention): count them and move on."""
+        lost = sum(1 for s in range(cur.fetched + 1, upto + 1) if not cur.is_settled(s))
+        for s in range(cur.fetched + 1, upto + 1):
+            if cur.durable:
+                cur.settle(s)
+        cur.fetched = max(cur.fetched, upto)
+        if lost:
+            self._observer.on_dropped(member.id, cur.channel, lost)
+
+
+def resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
