@@ -14,9 +14,10 @@ from aiohttp import web
 from fleetchat import protocol as p
 from fleetchat.hub import Hub
 from fleetchat.server.auth import Authenticator
+from fleetchat.server.caches import MessageCache, PublishLedger
 from fleetchat.server.openapi import docs_page, openapi_document
 from fleetchat.server.rest import install_routes
-from fleetchat.server.session import AgentSession, MessageCache, PublishLedger
+from fleetchat.server.session import AgentSession
 
 __all__ = ["HubServer"]
 

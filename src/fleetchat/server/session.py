@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import time
 from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +20,14 @@ from aiohttp import WSMsgType, web
 
 from fleetchat import protocol as p
 from fleetchat.errors import (
-    ClosedError,
     FleetchatError,
     InvalidInputError,
     RateLimitedError,
     UnauthenticatedError,
 )
 from fleetchat.models import Message
+from fleetchat.server.caches import MessageCache, PublishLedger, RateBucket
+from fleetchat.server.outbound import Outbound
 
 if TYPE_CHECKING:
     from fleetchat.backends.local_member import Batch
@@ -35,87 +35,16 @@ if TYPE_CHECKING:
     from fleetchat.hub import Hub
     from fleetchat.server.auth import Authenticator
 
-__all__ = ["AgentSession", "MessageCache"]
+__all__ = ["AgentSession", "MessageCache", "PublishLedger"]
 
 log = logging.getLogger(__name__)
 
 _consumer_ids = itertools.count(1_000_000)
 _encode_message = msgspec.json.Encoder().encode
 _HELLO_TIMEOUT = 10.0
-_FRAME_BUDGET = 1024 * 1024  # bytes of deliveries gathered into one frame
 
 
-class MessageCache:
-    """Encoded message bytes by id, so a fan-out to N sessions encodes once."""
-
-    def __init__(self, size: int = 65_536) -> None:
-        self._size = size
-        self._data: dict[str, bytes] = {}
-
-    def get(self, m: Message) -> bytes:
-        data = self._data.get(m.id)
-        if data is None:
-            if len(self._data) >= self._size:
-                self._data.clear()
-            data = self._data[m.id] = _encode_message(m)
-        return data
-
-
-class PublishLedger:
-    """Recent publishes by (agent, channel, client id), so a retried publish is not posted twice,
-    also when the retry comes over a new connection. Bounded: the oldest are forgotten."""
-
-    def __init__(self, size: int = 100_000) -> None:
-        self._size = size
-        self._done: OrderedDict[tuple[str, str, str], p.Published] = OrderedDict()
-        self._running: dict[tuple[str, str, str], asyncio.Future[p.Published]] = {}
-
-    def done(self, key: tuple[str, str, str]) -> p.Published | None:
-        return self._done.get(key)
-
-    def running(self, key: tuple[str, str, str]) -> asyncio.Future[p.Published] | None:
-        return self._running.get(key)
-
-    def begin(self, key: tuple[str, str, str]) -> asyncio.Future[p.Published]:
-        fut: asyncio.Future[p.Published] = asyncio.get_running_loop().create_future()
-        self._running[key] = fut
-        return fut
-
-    def finish(self, key: tuple[str, str, str], result: p.Published | None) -> None:
-        fut = self._running.pop(key, None)
-        if result is not None:
-            self._done[key] = result
-            if len(self._done) > self._size:
-                self._done.popitem(last=False)
-        if fut is not None and not fut.done():
-            if result is None:
-                fut.cancel()
-            else:
-                fut.set_result(result)
-
-
-class _Bucket:
-    """Token bucket for the frame rate limit."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
-class AgentSession:
+class AgentSession(Outbound):
     """Runs one WebSocket connection from hello to close."""
 
     def __init__(
@@ -149,7 +78,7 @@ class AgentSession:
         self.publishing: set[asyncio.Task[Any]] = set()
         self.room = asyncio.Event()
         self.bad_frames = 0
-        self.bucket = _Bucket(settings.frame_rate, settings.frame_burst)
+        self.bucket = RateBucket(settings.frame_rate, settings.frame_burst)
         self.closing = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -440,121 +369,6 @@ class AgentSession:
 
     def _unacked(self) -> int:
         return sum(batch.pending for _, batch in self.outstanding)
-
-    # -- outbound -------------------------------------------------------------------------
-
-    async def _pump(self) -> None:
-        bus = self.hub.bus
-        agent, consumer = self.agent_id, self.consumer
-        while not self.closing:
-            room = self.window - self._unacked()
-            if room <= 0:
-                self.room.clear()
-                with contextlib.suppress(TimeoutError):
-                    # Ack timeouts free room too, without an ack frame: look again now and then.
-                    async with asyncio.timeout(0.5):
-                        await self.room.wait()
-                self._drop_settled()
-                continue
-            try:
-                batch = await bus.fetch(agent, consumer, min(room, 256), None)
-            except ClosedError:
-                await self.ws.close(code=p.CLOSE_SERVER_SHUTDOWN, message=b"hub closing")
-                return
-            if batch is None:
-                continue
-            batches = [batch]
-            room -= batch.pending
-            # Everything ready now goes out in this turn's write (frames split by _deliver).
-            while room > 0:
-                more = await bus.fetch(agent, consumer, min(room, 256), 0)
-                if more is None:
-                    break
-                batches.append(more)
-                room -= more.pending
-            await self._deliver(batches)
-            if not self.closing:
-                await self._check_slow()
-
-    async def _deliver(self, batches: list[Batch]) -> None:
-        """Send ``batches`` as deliver frames with consecutive tags, one frame unless the
-        messages exceed the frame budget (then several, each within it)."""
-        get = self.cache.get
-        budget = min(_FRAME_BUDGET, self.settings.max_frame_bytes // 2)
-        tag = self.next_tag
-        first_tag = tag
-        parts: list[bytes] = []
-        attempts: list[int] = []
-        size = 0
-        frames: list[bytes] = []
-        for batch in batches:
-            self.outstanding.append((tag, batch))
-            items = batch.items
-            datas = [get(m) for m in items]
-            if batch.pending != len(items):  # transient items: requests to remember by tag
-                for i, m in enumerate(items):
-                    if m.kind == "request":
-                        self.requests[tag + i] = m
-                        if len(self.requests) > 10_000:
-                            self.requests.popitem(last=False)
-            batch_size = sum(map(len, datas))
-            if size + batch_size <= budget:  # the common case: the whole batch fits
-                parts.extend(datas)
-                attempts.extend(batch.attempts)
-                size += batch_size
-                tag += len(items)
-                continue
-            for i, data in enumerate(datas):
-                if parts and size + len(data) > budget:
-                    frames.append(_deliver_frame(first_tag, parts, attempts))
-                    first_tag, parts, attempts, size = tag, [], [], 0
-                parts.append(data)
-                attempts.append(batch.attempts[i])
-                size += len(data)
-                tag += 1
-        if parts:
-            frames.append(_deliver_frame(first_tag, parts, attempts))
-        self.next_tag = tag
-        for frame in frames:
-            if self.ws.closed:
-                return
-            try:
-                # A peer that stops reading makes the send wait for the socket to drain.
-                async with asyncio.timeout(self.settings.slow_consumer_seconds):
-                    await self.ws.send_frame(frame, WSMsgType.TEXT)
-            except TimeoutError:
-                await self._close_slow()
-                return
-
-    async def _check_slow(self) -> None:
-        """Close the connection if its unsent data stays over the limit for too long."""
-        transport = self.transport
-        if not isinstance(transport, asyncio.WriteTransport):
-            return
-        deadline = time.monotonic() + self.settings.slow_consumer_seconds
-        while transport.get_write_buffer_size() > self.settings.slow_consumer_bytes:
-            if time.monotonic() >= deadline:
-                await self._close_slow()
-                return
-            await asyncio.sleep(0.05)
-
-    async def _close_slow(self) -> None:
-        log.warning("closing slow consumer", extra={"agent_id": self.agent_id})
-        self.closing = True
-        # The close frame may be stuck behind the unread data (and aiohttp's close waits for
-        # the peer): send it in the background and drop the connection a second later, so the
-        # session ends and its unacked deliveries go back to the queue.
-        self._spawn(self.ws.close(code=p.CLOSE_SLOW_CONSUMER, message=b"slow consumer"))
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport):
-            asyncio.get_running_loop().call_later(1.0, transport.abort)
-
-
-def _deliver_frame(first_tag: int, parts: list[bytes], attempts: list[int]) -> bytes:
-    head = b'{"v":1,"type":"deliver","first_tag":%d,' % first_tag
-    if any(a > 1 for a in attempts):
-        head += b'"attempts":' + msgspec.json.encode(attempts) + b","
-    return head + b'"messages":[' + b",".join(parts) + b"]}"
 
 
 def _frame_id(data: Any) -> str | None:
