@@ -41,9 +41,16 @@ class FleetchatError(Exception):
         self.message = message
         self.details = details
 
+    def wire_details(self) -> dict[str, Any]:
+        """``details`` with every value JSON-safe (anything else as its ``str``)."""
+        return {
+            k: v if isinstance(v, str | int | float | bool | None) else str(v)
+            for k, v in self.details.items()
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """The error as a wire payload: ``{"code", "message", "details"}``."""
-        return {"code": self.code, "message": self.message, "details": self.details}
+        return {"code": self.code, "message": self.message, "details": self.wire_details()}
 
 
 class InvalidInputError(FleetchatError, ValueError):

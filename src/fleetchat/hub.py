@@ -14,7 +14,8 @@ import msgspec
 from fleetchat.backends.local_bus import DLQ_CHANNEL, LocalBus
 from fleetchat.backends.memory import MemoryLog, MemoryStore
 from fleetchat.backends.ports import ChannelLog, Store
-from fleetchat.backends.sqlite import SqliteDatabase, SqliteLog, SqliteStore
+from fleetchat.backends.sqlite import SqliteDatabase, SqliteLog
+from fleetchat.backends.sqlite_store import SqliteStore
 from fleetchat.chat.channels import ChannelRegistry
 from fleetchat.chat.metrics import DeliveryMetrics, MetricsSnapshot
 from fleetchat.chat.publisher import Publisher

@@ -9,7 +9,8 @@ import pytest
 
 from fleetchat.backends.memory import MemoryLog, MemoryStore
 from fleetchat.backends.ports import ChannelLog, Store
-from fleetchat.backends.sqlite import SqliteDatabase, SqliteLog, SqliteStore
+from fleetchat.backends.sqlite import SqliteDatabase, SqliteLog
+from fleetchat.backends.sqlite_store import SqliteStore
 
 Commit = Callable[[], Awaitable[None]]
 

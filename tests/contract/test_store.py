@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fleetchat.backends.ports import Store
-from fleetchat.backends.sqlite import SqliteDatabase, SqliteStore
+from fleetchat.backends.sqlite import SqliteDatabase
+from fleetchat.backends.sqlite_store import SqliteStore
 from fleetchat.models import AgentInfo
 
 

@@ -22,9 +22,9 @@ from fleetchat.backends.memory import select_history
 from fleetchat.backends.ports import CursorRecord
 from fleetchat.config import StorageSettings
 from fleetchat.errors import BackendError, BackpressureError
-from fleetchat.models import AgentInfo, Channel, Message, TokenRecord
+from fleetchat.models import Channel, Message
 
-__all__ = ["SqliteDatabase", "SqliteLog", "SqliteStore"]
+__all__ = ["SqliteDatabase", "SqliteLog"]
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,6 @@ _encode = msgspec.json.Encoder().encode
 _decode_message = msgspec.json.Decoder(Message).decode
 _decode_channel = msgspec.json.Decoder(Channel).decode
 _decode_cursor = msgspec.json.Decoder(CursorRecord).decode
-_decode_agent = msgspec.json.Decoder(AgentInfo).decode
-_decode_token = msgspec.json.Decoder(TokenRecord).decode
 
 Op = Callable[[sqlite3.Connection], object]
 
@@ -424,49 +422,3 @@ class SqliteLog:
 
         await self.db.write(op)
         return counts[0] if counts else 0
-
-
-class SqliteStore:
-    """Store on a SqliteDatabase."""
-
-    def __init__(self, db: SqliteDatabase) -> None:
-        self.db = db
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def save_agent(self, agent: AgentInfo) -> None:
-        data = _encode(agent)
-        await self.db.write(
-            lambda c: c.execute("INSERT OR REPLACE INTO agents VALUES (?, ?)", (agent.id, data))
-        )
-
-    async def delete_agent(self, agent_id: str) -> None:
-        await self.db.write(lambda c: c.execute("DELETE FROM agents WHERE id = ?", (agent_id,)))
-
-    def load_agents(self) -> list[AgentInfo]:
-        return [_decode_agent(r[0]) for r in self.db.query("SELECT data FROM agents")]
-
-    async def save_token(self, token: TokenRecord) -> None:
-        data = _encode(token)
-        await self.db.write(
-            lambda c: c.execute(
-                "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?)",
-                (token.sha256, token.agent_id, data),
-            )
-        )
-
-    async def delete_tokens(self, agent_id: str) -> int:
-        counts: list[int] = []
-        await self.db.write(
-            lambda c: counts.append(
-                c.execute("DELETE FROM tokens WHERE agent_id = ?", (agent_id,)).rowcount
-            )
-        )
-        return counts[0]
-
-    def load_tokens(self) -> list[TokenRecord]:
-        return [_decode_token(r[0]) for r in self.db.query("SELECT data FROM tokens")]

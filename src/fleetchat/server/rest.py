@@ -385,20 +385,13 @@ ROUTES: tuple[Route, ...] = (
 
 def error_response(exc: FleetchatError) -> web.Response:
     body = s.ErrorBody(
-        error=s.ErrorInfo(code=exc.code, message=exc.message, details=_plain(exc.details))
+        error=s.ErrorInfo(code=exc.code, message=exc.message, details=exc.wire_details())
     )
     return web.Response(
         body=_json.encode(body),
         status=STATUS_BY_CODE.get(exc.code, 500),
         content_type="application/json",
     )
-
-
-def _plain(details: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v if isinstance(v, str | int | float | bool | None) else str(v)
-        for k, v in details.items()
-    }
 
 
 def _bearer(request: web.Request) -> str | None:

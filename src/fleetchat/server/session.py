@@ -124,7 +124,7 @@ class AgentSession(Outbound):
     async def _error(self, exc: FleetchatError, frame_id: str | None = None) -> None:
         await self._send(
             p.ErrorFrame(
-                code=exc.code, message=exc.message, id=frame_id, details=_jsonable(exc.details)
+                code=exc.code, message=exc.message, id=frame_id, details=exc.wire_details()
             )
         )
 
@@ -379,10 +379,3 @@ def _frame_id(data: Any) -> str | None:
         return None
     value = obj.get("id") if isinstance(obj, dict) else None
     return value if isinstance(value, str) else None
-
-
-def _jsonable(details: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v if isinstance(v, str | int | float | bool | None) else str(v)
-        for k, v in details.items()
-    }

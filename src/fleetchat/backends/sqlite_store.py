@@ -1,0 +1,64 @@
+"""SqliteStore: agents and tokens on the shared SqliteDatabase."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from fleetchat.models import AgentInfo, TokenRecord
+
+if TYPE_CHECKING:
+    from fleetchat.backends.sqlite import SqliteDatabase
+
+__all__ = ["SqliteStore"]
+
+_encode = msgspec.json.Encoder().encode
+_decode_agent = msgspec.json.Decoder(AgentInfo).decode
+_decode_token = msgspec.json.Decoder(TokenRecord).decode
+
+
+class SqliteStore:
+    """Store on a SqliteDatabase."""
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def save_agent(self, agent: AgentInfo) -> None:
+        data = _encode(agent)
+        await self.db.write(
+            lambda c: c.execute("INSERT OR REPLACE INTO agents VALUES (?, ?)", (agent.id, data))
+        )
+
+    async def delete_agent(self, agent_id: str) -> None:
+        await self.db.write(lambda c: c.execute("DELETE FROM agents WHERE id = ?", (agent_id,)))
+
+    def load_agents(self) -> list[AgentInfo]:
+        return [_decode_agent(r[0]) for r in self.db.query("SELECT data FROM agents")]
+
+    async def save_token(self, token: TokenRecord) -> None:
+        data = _encode(token)
+        await self.db.write(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?)",
+                (token.sha256, token.agent_id, data),
+            )
+        )
+
+    async def delete_tokens(self, agent_id: str) -> int:
+        counts: list[int] = []
+        await self.db.write(
+            lambda c: counts.append(
+                c.execute("DELETE FROM tokens WHERE agent_id = ?", (agent_id,)).rowcount
+            )
+        )
+        return counts[0]
+
+    def load_tokens(self) -> list[TokenRecord]:
+        return [_decode_token(r[0]) for r in self.db.query("SELECT data FROM tokens")]
