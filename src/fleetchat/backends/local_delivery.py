@@ -234,12 +234,16 @@ class Consuming:
             member.delayed -= len(msgs)
         if self._closed:
             return
-        for m in reversed(msgs):
+        fronts: tuple[list[Message], ...] = ([], [], [], [])
+        for m in msgs:
             cur = member.cursors.get(m.channel)
             if cur is None or (cur.durable and cur.is_settled(m.seq)):
                 continue  # left the channel, or settled meanwhile
-            member.lanes[PRIORITY_RANK[m.priority]].appendleft(m)
-            member.queued += 1
+            fronts[PRIORITY_RANK[m.priority]].append(m)
+        for lane, front in zip(member.lanes, fronts, strict=True):
+            if front:
+                lane[0:0] = front  # ahead of what is queued, in the given order
+                member.queued += len(front)
         member.wake()
 
     def settle_through(self, member_id: str, channel: str, seq: int) -> int:
