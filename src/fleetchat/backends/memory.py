@@ -64,6 +64,7 @@ class MemoryLog:
         self._default_cap = default_cap
         self._channels: dict[str, Channel] = {}
         self._rings: dict[str, _Ring] = {}
+        self._caps: dict[str, int | None] = {}
         self._members: dict[tuple[str, str], None] = {}
         self._cursors: dict[tuple[str, str], CursorRecord] = {}
 
@@ -88,16 +89,22 @@ class MemoryLog:
     def _ring(self, channel: str) -> _Ring:
         ring = self._rings.get(channel)
         if ring is None:
-            ring = self._rings[channel] = _Ring(self._default_cap)
+            ring = self._rings[channel] = _Ring(self._caps.get(channel, self._default_cap))
         return ring
 
     async def save_channel(self, channel: Channel) -> None:
         self._channels[channel.name] = channel
-        self._ring(channel.name).cap = channel.retention_count or self._default_cap
+        # The ring itself is made on the first message (an empty deque costs 760 bytes, and
+        # most inboxes stay empty).
+        cap = channel.retention_count or self._default_cap
+        self._caps[channel.name] = cap
+        if channel.name in self._rings:
+            self._rings[channel.name].cap = cap
 
     async def delete_channel(self, name: str) -> None:
         self._channels.pop(name, None)
         self._rings.pop(name, None)
+        self._caps.pop(name, None)
         for key in [k for k in self._members if k[0] == name]:
             del self._members[key]
             self._cursors.pop((key[1], name), None)

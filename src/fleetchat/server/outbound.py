@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -44,9 +44,9 @@ class Outbound:
     consumer: int
     window: int
     next_tag: int
-    outstanding: deque[tuple[int, Batch]]
+    outstanding: list[tuple[int, Batch]]
     requests: OrderedDict[int, Message]
-    room: asyncio.Event
+    room_waiter: asyncio.Future[None] | None
     closing: bool
 
     if TYPE_CHECKING:
@@ -63,11 +63,12 @@ class Outbound:
         while not self.closing:
             room = self.window - self._unacked()
             if room <= 0:
-                self.room.clear()
+                self.room_waiter = asyncio.get_running_loop().create_future()
                 with contextlib.suppress(TimeoutError):
                     # Ack timeouts free room too, without an ack frame: look again now and then.
                     async with asyncio.timeout(0.5):
-                        await self.room.wait()
+                        await self.room_waiter
+                self.room_waiter = None
                 self._drop_settled()
                 continue
             try:
