@@ -31,7 +31,6 @@ from fleetchat.types import Clock, Priority, SystemClock, check_agent_id
 __all__ = ["Hub", "parse_url"]
 
 log = logging.getLogger(__name__)
-_decode_dead_letter = msgspec.convert
 
 
 def parse_url(url: str) -> tuple[Literal["memory", "sqlite"], Path | None]:
@@ -258,10 +257,14 @@ class Hub:
 
     def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
         """The newest dead letters, oldest first."""
+        return [letter for _, letter in self.dead_letter_entries(limit=limit)]
+
+    def dead_letter_entries(self, *, limit: int = 100) -> list[tuple[int, DeadLetter]]:
+        """The newest dead letters with their seq in ``$dlq`` (what replay takes), oldest first."""
         channel = self.channels.get(DLQ_CHANNEL)
         start = max(channel.last_seq - limit + 1, 1)
         return [
-            _decode_dead_letter(m.body, DeadLetter)
+            (m.seq, msgspec.convert(m.body, DeadLetter))
             for m in self.bus.history(DLQ_CHANNEL, start_seq=start, limit=limit)
         ]
 

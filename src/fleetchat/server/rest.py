@@ -17,7 +17,7 @@ from fleetchat.errors import (
     MessageTooLargeError,
 )
 from fleetchat.hub import Hub
-from fleetchat.models import AgentInfo, Channel, DeadLetter, Message
+from fleetchat.models import AgentInfo, Channel, Message
 from fleetchat.server import schemas as s
 from fleetchat.server.auth import Authenticator
 from fleetchat.types import new_id
@@ -216,11 +216,9 @@ async def metrics(ctx: Ctx) -> s.MetricsSnapshot:
 
 
 def _dead_letters(hub: Hub, limit: int) -> list[s.DeadLetterEntry]:
-    channel = hub.channels.get(DLQ_CHANNEL)
-    start = max(channel.last_seq - limit + 1, 1)
     return [
-        s.DeadLetterEntry(seq=m.seq, letter=msgspec.convert(m.body, DeadLetter))
-        for m in hub.bus.history(DLQ_CHANNEL, start_seq=start, limit=limit)
+        s.DeadLetterEntry(seq=seq, letter=letter)
+        for seq, letter in hub.dead_letter_entries(limit=limit)
     ]
 
 
