@@ -104,10 +104,10 @@ class LocalBus(Consuming):
                 self._dirty,
             )
             if rec and durable:
-                cur.above.update(rec.above)
+                cur.above.update(dict.fromkeys(rec.above))
                 member.retries.update(rec.retries)
                 if cur.floor < st.committed:
-                    member.lagging.add(channel)
+                    member.lagging[channel] = None
             st.members[member_id] = cur
             member.cursors[channel] = cur
         for st in self._channels.values():
@@ -140,9 +140,10 @@ class LocalBus(Consuming):
             for batch in member.batches:
                 if batch.timer is not None:
                     batch.timer.cancel()
-            for fut in list(member.waiters) + member.room_waiters:
+            for fut in member.room_waiters:
                 if not fut.done():
                     fut.set_exception(ClosedError("the hub is closed"))
+            member.wake()  # consumers look, and find the hub closed
         await self._log.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -208,7 +209,7 @@ class LocalBus(Consuming):
         for member_id in st.members:
             member = self._members[member_id]
             member.cursors.pop(name, None)
-            member.lagging.discard(name)
+            member.lagging.pop(name, None)
             member.purge(name)
         if st.spec.ephemeral:
             await self._eph.delete_channel(name)
@@ -248,7 +249,7 @@ class LocalBus(Consuming):
         if cur is not None:
             st.member_list.remove((member, cur))
         member.cursors.pop(channel, None)
-        member.lagging.discard(channel)
+        member.lagging.pop(channel, None)
         member.purge(channel)
 
     # -- publish and fan-out --------------------------------------------------------------
@@ -326,12 +327,12 @@ class LocalBus(Consuming):
                     if cur.durable:
                         cur.settle(seq)
                 elif member.queued + member.inflight + member.delayed >= member.limit:
-                    member.lagging.add(m.channel)
+                    member.lagging[m.channel] = None
                 else:
                     cur.fetched = seq
                     member.lanes[rank].append(m)
                     member.queued += 1
-                    if member.waiters:
+                    if member.listeners:
                         member.wake()
         self._observer.on_published(messages)
 

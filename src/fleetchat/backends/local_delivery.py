@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -59,21 +59,14 @@ class Consuming:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else self._clock.monotonic() + timeout
         while True:
-            if self._closed:
-                raise ClosedError("the hub is closed")
-            if member.lagging:
-                self._refill(member)
-            if member.queued:
-                batch = self._make_batch(member, consumer, max_items)
-                if batch is not None:
-                    return batch
-                continue
+            batch = self.poll(member_id, consumer, max_items)
+            if batch is not None:
+                return batch
             remaining = None if deadline is None else deadline - self._clock.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
             fut: asyncio.Future[None] = loop.create_future()
-            member.waiters.append(fut)
-            member.consumer_waits[consumer] = fut
+            listener = member.listeners[consumer] = partial(resolve, fut)
             timer = (
                 None
                 if remaining is None
@@ -82,9 +75,36 @@ class Consuming:
             try:
                 await fut
             finally:
-                member.consumer_waits.pop(consumer, None)
+                detached = member.listeners.get(consumer) is not listener
+                if not detached:
+                    del member.listeners[consumer]
                 if timer is not None:
                     timer.cancel()
+            if detached:
+                raise ClosedError("the subscription is closed")
+
+    def poll(self, member_id: str, consumer: int, max_items: int) -> Batch | None:
+        """The next batch for ``member_id`` if one is ready now, without waiting."""
+        if self._closed:
+            raise ClosedError("the hub is closed")
+        member = self._member(member_id)
+        if member.lagging:
+            self._refill(member)
+        while member.queued:
+            batch = self._make_batch(member, consumer, max_items)
+            if batch is not None:
+                return batch
+        return None
+
+    def listen(self, member_id: str, consumer: int, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` (on the loop, synchronously) whenever deliveries for ``member_id``
+        become ready, until ``callback`` is None or the consumer is detached. The callback then
+        takes them with ``poll``; a consumer that waits this way holds no task while idle."""
+        listeners = self._member(member_id).listeners
+        if callback is None:
+            listeners.pop(consumer, None)
+        else:
+            listeners[consumer] = callback
 
     def _make_batch(self, member: MemberState, consumer: int, max_items: int) -> Batch | None:
         rank, items = member.take(max_items)
@@ -103,7 +123,7 @@ class Consuming:
         batch = Batch(member, consumer, live, attempts, qos)
         if batch.pending:
             member.inflight += batch.pending
-            member.batches.add(batch)
+            member.batches[batch] = None
             batch.timer = self._clock.call_later(
                 qos.ack_timeout, partial(self._on_ack_timeout, batch)
             )
@@ -183,7 +203,7 @@ class Consuming:
         if batch.timer is not None:
             batch.timer.cancel()
             batch.timer = None
-        batch.member.batches.discard(batch)
+        batch.member.batches.pop(batch, None)
 
     def _on_ack_timeout(self, batch: Batch) -> None:
         batch.timer = None
@@ -274,9 +294,9 @@ class Consuming:
         member = self._members.get(member_id)
         if member is None:
             return
-        waiting = member.consumer_waits.pop(consumer, None)
-        if waiting is not None and not waiting.done():
-            waiting.set_exception(ClosedError("the subscription is closed"))
+        listener = member.listeners.pop(consumer, None)
+        if listener is not None:
+            listener()  # a fetch waiting for this consumer looks again, and finds it detached
         returned: list[Message] = []
         for batch in [b for b in member.batches if b.consumer == consumer]:
             returned.extend(m for m, o in zip(batch.items, batch.open, strict=True) if o)
@@ -291,6 +311,8 @@ class Consuming:
     def _after_room(self, member: MemberState) -> None:
         if member.lagging:
             self._refill(member)
+        if member.queued and member.listeners:
+            member.wake()  # a consumer whose window was full may take more now
         if member.room_waiters:
             member.wake_room()
 
@@ -328,7 +350,7 @@ class Consuming:
             st = self._channels.get(name)
             cur = member.cursors.get(name)
             if st is None or cur is None:
-                member.lagging.discard(name)
+                member.lagging.pop(name, None)
                 continue
             while cur.fetched < st.committed:
                 room = member.room
@@ -351,7 +373,7 @@ class Consuming:
                             cur.settle(m.seq)
                         continue
                     member.push(PRIORITY_RANK[m.priority], m)
-            member.lagging.discard(name)
+            member.lagging.pop(name, None)
 
     def _skip(self, member: MemberState, cur: Cursor, upto: int) -> None:
         """Seqs up to ``upto`` are gone from the log (retention): count them and move on."""

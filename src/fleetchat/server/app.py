@@ -41,7 +41,7 @@ class HubServer:
         self.auth = Authenticator(
             hub.store, hub.clock, enabled=self.settings.auth, configured=self.settings.tokens
         )
-        self.sessions: dict[str, set[AgentSession]] = {}
+        self.sessions: dict[str, list[AgentSession]] = {}
         self._sockets: set[web.WebSocketResponse] = set()
         self.cache = MessageCache()
         self.ledger = PublishLedger()

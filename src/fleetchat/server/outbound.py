@@ -5,10 +5,8 @@ a peer that stops reading."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +43,8 @@ class Outbound:
     window: int
     next_tag: int
     outstanding: list[tuple[int, Batch]]
-    requests: OrderedDict[int, Message]
-    room_waiter: asyncio.Future[None] | None
+    requests: dict[int, Message]
+    sender: asyncio.Task[None] | None
     closing: bool
 
     if TYPE_CHECKING:
@@ -57,39 +55,40 @@ class Outbound:
 
         def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
 
-    async def _pump(self) -> None:
+    def _wake(self) -> None:
+        """Deliveries are ready, or window room came back: start sending unless already at it.
+
+        Called by the bus (see ``Bus.listen``: new messages, retries, and room freed by acks
+        or ack timeouts). An idle connection holds no task: the sender runs only while there
+        is something to send and room in the window to send it.
+        """
+        if self.sender is None and not self.closing and self._unacked() < self.window:
+            self.sender = asyncio.get_running_loop().create_task(self._send_ready())
+
+    async def _send_ready(self) -> None:
         bus = self.hub.bus
         agent, consumer = self.agent_id, self.consumer
-        while not self.closing:
-            room = self.window - self._unacked()
-            if room <= 0:
-                self.room_waiter = asyncio.get_running_loop().create_future()
-                with contextlib.suppress(TimeoutError):
-                    # Ack timeouts free room too, without an ack frame: look again now and then.
-                    async with asyncio.timeout(0.5):
-                        await self.room_waiter
-                self.room_waiter = None
-                self._drop_settled()
-                continue
-            try:
-                batch = await bus.fetch(agent, consumer, min(room, 256), None)
-            except ClosedError:
-                await self.ws.close(code=p.CLOSE_SERVER_SHUTDOWN, message=b"hub closing")
-                return
-            if batch is None:
-                continue
-            batches = [batch]
-            room -= batch.pending
-            # Everything ready now goes out in this turn's write (frames split by _deliver).
-            while room > 0:
-                more = await bus.fetch(agent, consumer, min(room, 256), 0)
-                if more is None:
-                    break
-                batches.append(more)
-                room -= more.pending
-            await self._deliver(batches)
-            if not self.closing:
-                await self._check_slow()
+        try:
+            while not self.closing:
+                room = self.window - self._unacked()
+                batches: list[Batch] = []
+                # Everything ready now goes out in this turn's write (frames split by _deliver).
+                while room > 0:
+                    batch = bus.poll(agent, consumer, min(room, 256))
+                    if batch is None:
+                        break
+                    batches.append(batch)
+                    room -= batch.pending
+                if not batches:
+                    return
+                await self._deliver(batches)
+                if not self.closing:
+                    await self._check_slow()
+        except ClosedError:
+            self.closing = True
+            await self.ws.close(code=p.CLOSE_SERVER_SHUTDOWN, message=b"hub closing")
+        finally:
+            self.sender = None
 
     async def _deliver(self, batches: list[Batch]) -> None:
         """Send ``batches`` as deliver frames with consecutive tags, one frame unless the
@@ -110,8 +109,8 @@ class Outbound:
                 for i, m in enumerate(items):
                     if m.kind == "request":
                         self.requests[tag + i] = m
-                        if len(self.requests) > 10_000:
-                            self.requests.popitem(last=False)
+                        if len(self.requests) > 10_000:  # forget the oldest
+                            del self.requests[next(iter(self.requests))]
             batch_size = sum(map(len, datas))
             if size + batch_size <= budget:  # the common case: the whole batch fits
                 parts.extend(datas)

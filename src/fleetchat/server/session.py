@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -54,7 +53,7 @@ class AgentSession(Outbound):
         auth: Authenticator,
         settings: ServerSettings,
         cache: MessageCache,
-        sessions: dict[str, set[AgentSession]],
+        sessions: dict[str, list[AgentSession]],
         transport: asyncio.BaseTransport | None,
         ledger: PublishLedger,
     ) -> None:
@@ -73,12 +72,13 @@ class AgentSession(Outbound):
         # Lists, not deques or Events: a session lives long and there are thousands of them
         # (an empty deque is 760 bytes); ``outstanding`` holds a handful of batches.
         self.outstanding: list[tuple[int, Batch]] = []
-        self.requests: OrderedDict[int, Message] = OrderedDict()
-        self.tasks: set[asyncio.Task[Any]] = set()
-        # Publishes are not cancelled when the connection drops: once accepted they commit,
-        # and the ledger must know it, so a retry on a new connection is not posted twice.
-        self.publishing: set[asyncio.Task[Any]] = set()
-        self.room_waiter: asyncio.Future[None] | None = None
+        self.requests: dict[int, Message] = {}  # delivered requests by tag, oldest first
+        # Task sets are dicts (64 bytes empty, a set is 216): background frames (requests),
+        # and publishes, which are not cancelled when the connection drops: once accepted
+        # they commit, and the ledger must know it, so a retry elsewhere is not posted twice.
+        self.tasks: dict[asyncio.Task[Any], None] = {}
+        self.publishing: dict[asyncio.Task[Any], None] = {}
+        self.sender: asyncio.Task[None] | None = None
         self.bad_frames = 0
         self.bucket = RateBucket(settings.frame_rate, settings.frame_burst)
         self.closing = False
@@ -89,19 +89,26 @@ class AgentSession(Outbound):
         try:
             if not await self._handshake():
                 return
-            self.sessions.setdefault(self.agent_id, set()).add(self)
-            pump = asyncio.ensure_future(self._pump())
-            try:
-                await self._read()
-            finally:
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pump
+            self.sessions.setdefault(self.agent_id, []).append(self)
+            self.hub.bus.listen(self.agent_id, self.consumer, self._wake)
+            self._wake()  # whatever waited for the agent while it was away
+            # The read loop is here, not in a method of its own: one coroutine frame less for
+            # each of thousands of connections.
+            async for msg in self.ws:
+                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not await self._receive(
+                    msg.data
+                ):
+                    return
         finally:
             await self._cleanup()
 
     async def _cleanup(self) -> None:
         self.closing = True
+        sender = self.sender
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
         for task in list(self.tasks):
             task.cancel()
         if self.publishing:
@@ -110,7 +117,8 @@ class AgentSession(Outbound):
             self.hub.bus.detach(self.agent_id, self.consumer)
             mine = self.sessions.get(self.agent_id)
             if mine is not None:
-                mine.discard(self)
+                if self in mine:
+                    mine.remove(self)
                 if not mine:
                     del self.sessions[self.agent_id]
                     # A dropped connection is noticed at once, not after missed heartbeats.
@@ -195,39 +203,36 @@ class AgentSession(Outbound):
 
     # -- inbound --------------------------------------------------------------------------
 
-    async def _read(self) -> None:
-        ws = self.ws
-        async for msg in ws:
-            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                continue
-            data = msg.data
+    async def _receive(self, data: bytes | str) -> bool:
+        """Handle one frame from the agent; False once the connection is being closed."""
+        try:
+            if not self.bucket.take():
+                raise RateLimitedError("too many frames; slow down")
+            if len(data) > self.settings.max_frame_bytes:
+                raise InvalidInputError(
+                    f"frame of {len(data)} bytes; the limit is {self.settings.max_frame_bytes}",
+                    field="frame",
+                )
             try:
-                if not self.bucket.take():
-                    raise RateLimitedError("too many frames; slow down")
-                if len(data) > self.settings.max_frame_bytes:
-                    raise InvalidInputError(
-                        f"frame of {len(data)} bytes; the limit is {self.settings.max_frame_bytes}",
-                        field="frame",
-                    )
-                try:
-                    frame = p.decode_client_frame(data)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    raise InvalidInputError(f"bad frame: {exc}") from None
-                except RecursionError:
-                    raise InvalidInputError("bad frame: nested too deeply") from None
-                if frame.v != p.VERSION:
-                    raise InvalidInputError(
-                        f"protocol version {frame.v} is not supported; this hub speaks 1",
-                        field="v",
-                    )
-                await self._dispatch(frame)
-                self.bad_frames = 0
-            except FleetchatError as exc:
-                self.bad_frames += 1
-                await self._error(exc, _frame_id(data))
-                if self.bad_frames >= self.settings.max_bad_frames:
-                    await ws.close(code=p.CLOSE_TOO_MANY_ERRORS, message=b"too many bad frames")
-                    return
+                frame = p.decode_client_frame(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise InvalidInputError(f"bad frame: {exc}") from None
+            except RecursionError:
+                raise InvalidInputError("bad frame: nested too deeply") from None
+            if frame.v != p.VERSION:
+                raise InvalidInputError(
+                    f"protocol version {frame.v} is not supported; this hub speaks 1",
+                    field="v",
+                )
+            await self._dispatch(frame)
+            self.bad_frames = 0
+        except FleetchatError as exc:
+            self.bad_frames += 1
+            await self._error(exc, _frame_id(data))
+            if self.bad_frames >= self.settings.max_bad_frames:
+                await self.ws.close(code=p.CLOSE_TOO_MANY_ERRORS, message=b"too many bad frames")
+                return False
+        return True
 
     async def _dispatch(self, frame: p.ClientFrame) -> None:
         if isinstance(frame, p.Ack):
@@ -239,8 +244,8 @@ class AgentSession(Outbound):
                 await self._publish(frame)
                 return
             task = asyncio.ensure_future(self._publish(frame))
-            self.publishing.add(task)
-            task.add_done_callback(self.publishing.discard)
+            self.publishing[task] = None
+            task.add_done_callback(self.publishing.pop)
         elif isinstance(frame, p.Heartbeat):
             if self.agent_id in self.hub.registry:
                 self.hub.registry.heartbeat(self.agent_id, resources=frame.resources)
@@ -275,8 +280,8 @@ class AgentSession(Outbound):
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.tasks[task] = None
+        task.add_done_callback(self.tasks.pop)
 
     async def _publish(self, frame: p.Publish) -> None:
         key = (self.agent_id, frame.channel, frame.id)
@@ -356,9 +361,7 @@ class AgentSession(Outbound):
             batch, index = self._find(tag)
             bus.ack(batch, index)
         self._drop_settled()
-        waiter = self.room_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def _find(self, tag: int) -> tuple[Batch, int]:
         for first, batch in self.outstanding:
