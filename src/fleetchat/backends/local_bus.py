@@ -332,7 +332,9 @@ class LocalBus(Consuming):
                     cur.fetched = seq
                     member.lanes[rank].append(m)
                     member.queued += 1
-                    if member.listeners:
+                    if member.queued == 1 and member.listeners:
+                        # Listeners hear when the queue stops being empty; later messages are
+                        # taken by the same wake-up (a consumer polls until nothing is left).
                         member.wake()
         self._observer.on_published(messages)
 

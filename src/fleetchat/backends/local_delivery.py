@@ -372,7 +372,9 @@ class Consuming:
                         if cur.durable:
                             cur.settle(m.seq)
                         continue
-                    member.push(PRIORITY_RANK[m.priority], m)
+                    # No wake-up per message: the callers (poll, _after_room) deliver them.
+                    member.lanes[PRIORITY_RANK[m.priority]].append(m)
+                    member.queued += 1
             member.lagging.pop(name, None)
 
     def _skip(self, member: MemberState, cur: Cursor, upto: int) -> None:

@@ -39,18 +39,23 @@ class PublishLedger:
     def __init__(self, size: int = 100_000) -> None:
         self._size = size
         self._done: OrderedDict[tuple[str, str, str], p.Published] = OrderedDict()
-        self._running: dict[tuple[str, str, str], asyncio.Future[p.Published]] = {}
+        # Publishes in flight; the future is made only when a retry comes to wait for one.
+        self._running: dict[tuple[str, str, str], asyncio.Future[p.Published] | None] = {}
 
     def done(self, key: tuple[str, str, str]) -> p.Published | None:
         return self._done.get(key)
 
     def running(self, key: tuple[str, str, str]) -> asyncio.Future[p.Published] | None:
-        return self._running.get(key)
-
-    def begin(self, key: tuple[str, str, str]) -> asyncio.Future[p.Published]:
-        fut: asyncio.Future[p.Published] = asyncio.get_running_loop().create_future()
-        self._running[key] = fut
+        """A future for the publish of ``key`` if it is in flight, else None."""
+        if key not in self._running:
+            return None
+        fut = self._running[key]
+        if fut is None:
+            fut = self._running[key] = asyncio.get_running_loop().create_future()
         return fut
+
+    def begin(self, key: tuple[str, str, str]) -> None:
+        self._running[key] = None
 
     def finish(self, key: tuple[str, str, str], result: p.Published | None) -> None:
         fut = self._running.pop(key, None)
