@@ -8,7 +8,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON := $(PYTHON)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help install test check format bench bench-quick demo clean
+.PHONY: help install services test check format bench bench-quick demo clean
 
 help:
 	@echo "make demo    run the embedded demo (20+ agents, priorities, a dead letter, metrics)"
@@ -26,7 +26,16 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 
 install: $(VENV)/.synced
 
-test: install
+# The distributed-mode tests start their own nats-server and PostgreSQL from these binaries.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+services:
+	@command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || \
+		{ $(SUDO) apt-get update -q && $(APT_INSTALL) nats-server; }
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -q && $(APT_INSTALL) postgresql; }
+
+test: install services
 	$(RUN) pytest --cov --cov-report=term --cov-fail-under=95 $(ARGS)
 
 check: install

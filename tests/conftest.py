@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from fleetchat import Hub, HubSettings
 from fleetchat.testing import FakeClock
+from fleetchat.testing.services import NatsServer, PostgresServer, ServiceUnavailable
 
 BACKENDS = ["memory", "sqlite"]
 
@@ -31,3 +35,66 @@ async def hub(backend_url: str, clock: FakeClock) -> AsyncIterator[Hub]:
     """A started hub on each backend, driven by the fake clock."""
     async with Hub(HubSettings(url=backend_url), clock=clock) as h:
         yield h
+
+
+# -- real services: nats-server and PostgreSQL on free ports ---------------------------------
+
+
+def _unavailable(why: str) -> None:
+    """Skip a test whose service cannot run here; with CI=true that is a failure instead."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true and a backend is unavailable: {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A fresh nats-server with JetStream (file storage under tmp_path) for one test."""
+    try:
+        server = NatsServer(tmp_path / "nats").start()
+    except ServiceUnavailable as exc:
+        _unavailable(str(exc))
+        raise
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a PostgreSQL server for the session: FLEETCHAT_TEST_POSTGRES_URL, or a
+    throwaway cluster started from the installed binaries."""
+    given = os.environ.get("FLEETCHAT_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    try:
+        server = PostgresServer(tmp_path_factory.mktemp("postgres")).start()
+    except (ServiceUnavailable, subprocess.CalledProcessError) as exc:
+        _unavailable(f"PostgreSQL: {exc}")
+        raise
+    try:
+        yield server.url
+    finally:
+        server.stop("immediate")
+
+
+@pytest.fixture
+async def postgres_url(postgres_cluster: str) -> AsyncIterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server, dropped afterwards."""
+    import asyncpg
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(postgres_cluster)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base, _, _ = postgres_cluster.rpartition("/")
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(postgres_cluster)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

@@ -11,12 +11,14 @@ from typing import Any, ClassVar
 __all__ = [
     "AgentNotFoundError",
     "BackendError",
+    "BackendUnavailableError",
     "BackpressureError",
     "ChannelExistsError",
     "ChannelNotFoundError",
     "ClosedError",
     "ConfigError",
     "ConflictError",
+    "FencedError",
     "FleetchatError",
     "ForbiddenError",
     "HubUnavailableError",
@@ -147,6 +149,20 @@ class BackendError(FleetchatError):
     """A storage or messaging backend failed; the driver's error is the ``__cause__``."""
 
     code = "backend_error"
+
+
+class BackendUnavailableError(BackendError, ConnectionError):
+    """A backend server (NATS, PostgreSQL) cannot be reached; ``details`` name which and where.
+    Nothing was written; the hub reconnects by itself, so a retry later may succeed."""
+
+    code = "backend_unavailable"
+
+
+class FencedError(ConflictError):
+    """A write made under a leadership or lease that has since passed to someone else (its
+    fencing epoch or token is stale); refused, nothing written."""
+
+    code = "fenced"
 
 
 def _all_subclasses(cls: type[FleetchatError]) -> list[type[FleetchatError]]:

@@ -4,7 +4,9 @@ Services talk to backends only through these. Implementations:
 
 - ``ChannelLog``: ``MemoryLog`` (memory.py), ``SqliteLog`` (sqlite.py).
 - ``Bus``: ``LocalBus`` (local_bus.py), in-process fan-out over a ChannelLog.
-- ``Store``: ``MemoryStore``, ``SqliteStore``.
+- ``Store``: ``MemoryStore``, ``SqliteStore``, ``PostgresStore`` (postgres.py).
+- ``Coordinator``: ``LocalCoordinator`` (local_coord.py, one process), ``NatsCoordinator``
+  (nats_coord.py, NATS KV: several hub nodes).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from fleetchat.models import AgentInfo, Channel, Message, TokenRecord
 if TYPE_CHECKING:
     from fleetchat.backends.local_member import Batch
 
-__all__ = ["Bus", "ChannelLog", "CursorRecord", "DeliveryObserver", "Store"]
+__all__ = ["Bus", "ChannelLog", "Coordinator", "CursorRecord", "DeliveryObserver", "Store"]
 
 
 class CursorRecord(msgspec.Struct, array_like=True):
@@ -206,3 +208,64 @@ class Bus(Protocol):
         until: float | None = None,
         limit: int = 1000,
     ) -> list[Message]: ...
+
+
+class Coordinator(Protocol):
+    """Leader election with fencing epochs, presence keys with a TTL, and named locks.
+
+    Exactly one node of a hub is the leader at a time and runs the singleton loops (scheduling,
+    failure detection). Leadership has an ``epoch`` that grows with every change of leader; a
+    write made for the leader carries it, and ``check_epoch`` refuses a stale one, so a leader
+    that was paused past its lease and comes back cannot act on what it believed.
+    """
+
+    node_id: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this node holds a lease on leadership that has not run out (monotonic
+        clock, with a safety margin: a node stops believing before the others can elect)."""
+        ...
+
+    @property
+    def epoch(self) -> int:
+        """The fencing epoch of this node's leadership; 0 when it is not the leader."""
+        ...
+
+    def on_leadership(self, callback: Callable[[bool, int], None]) -> None:
+        """Call ``callback(is_leader, epoch)`` whenever this node gains or loses leadership."""
+        ...
+
+    async def leader(self) -> tuple[str, int] | None:
+        """The current leader's node id and epoch, as the coordinator's store has them."""
+        ...
+
+    async def check_epoch(self, epoch: int) -> None:
+        """Raise FencedError unless ``epoch`` is the current leadership's epoch (read from the
+        store, not from this node's belief)."""
+        ...
+
+    async def put_presence(self, key: str, value: bytes) -> None:
+        """Record ``key`` as present; it lapses after the presence TTL unless put again."""
+        ...
+
+    async def presence(self) -> dict[str, bytes]:
+        """Every key present now."""
+        ...
+
+    async def acquire(self, name: str, owner: str, ttl: float) -> int | None:
+        """Take the lock ``name`` for ``ttl`` seconds: its fencing token (increasing), or None
+        if someone else holds it."""
+        ...
+
+    async def renew(self, name: str, token: int, ttl: float) -> int:
+        """Extend a held lock; the new token. FencedError if ``token`` is no longer current."""
+        ...
+
+    async def release(self, name: str, token: int) -> None:
+        """Let go of a held lock (nothing happens if ``token`` is no longer current)."""
+        ...
