@@ -103,10 +103,10 @@ async def connect_nats(url: str, *, name: str, timeout: float = 5.0) -> NatsClie
             await nc.connect(
                 servers=servers,
                 name=name,
-                connect_timeout=min(timeout, 2.0),
+                connect_timeout=max(1, min(int(timeout), 2)),
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # a float works; the stub says int
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
