@@ -9,6 +9,7 @@ import pytest
 
 from fleetchat.backends.memory import MemoryLog, MemoryStore
 from fleetchat.backends.ports import ChannelLog, Store
+from fleetchat.backends.postgres import PostgresDatabase, PostgresStore
 from fleetchat.backends.sqlite import SqliteDatabase, SqliteLog
 from fleetchat.backends.sqlite_store import SqliteStore
 
@@ -44,16 +45,38 @@ def commit(channel_log: ChannelLog) -> Commit:
     return run
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """A started Store: MemoryStore, or SqliteStore on a fresh file."""
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Which Store to build, and where: PostgreSQL is started only for the postgres param
+    (requested lazily, from a sync fixture, since the async fixtures run on the event loop)."""
     if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def store(store_backend: str) -> AsyncIterator[Store]:
+    """A started Store: MemoryStore, SqliteStore on a fresh file, or PostgresStore on a fresh
+    database."""
+    if store_backend == "memory://":
         mem = MemoryStore()
         await mem.start()
         yield mem
         await mem.close()
         return
-    db = SqliteDatabase(tmp_path / "store.db")
+    if store_backend.startswith("postgresql://"):
+        pg = PostgresDatabase(store_backend)
+        await pg.start()
+        pg_store = PostgresStore(pg)
+        await pg_store.start()
+        yield pg_store
+        await pg_store.close()
+        await pg.close()
+        return
+    db = SqliteDatabase(store_backend)
     await db.start()
     sql = SqliteStore(db)
     await sql.start()
