@@ -13,7 +13,7 @@ import msgspec
 
 from fleetchat.backends.local_bus import DLQ_CHANNEL, LocalBus
 from fleetchat.backends.memory import MemoryLog, MemoryStore
-from fleetchat.backends.ports import ChannelLog, Store
+from fleetchat.backends.ports import Bus, ChannelLog, Store
 from fleetchat.backends.sqlite import SqliteDatabase, SqliteLog
 from fleetchat.backends.sqlite_store import SqliteStore
 from fleetchat.chat.channels import ChannelRegistry
@@ -33,8 +33,9 @@ __all__ = ["Hub", "parse_url"]
 log = logging.getLogger(__name__)
 
 
-def parse_url(url: str) -> tuple[Literal["memory", "sqlite"], Path | None]:
-    """``memory://`` or ``sqlite:///relative.db`` / ``sqlite:////absolute.db``.
+def parse_url(url: str) -> tuple[Literal["memory", "sqlite", "nats"], Path | None]:
+    """``memory://``, ``sqlite:///relative.db`` / ``sqlite:////absolute.db``, or
+    ``nats://host:port`` (several servers comma-separated: the distributed bus).
 
     Raises:
         ConfigError: an unknown scheme or a missing path.
@@ -49,12 +50,16 @@ def parse_url(url: str) -> tuple[Literal["memory", "sqlite"], Path | None]:
                 f"{url!r}: write sqlite:///relative/path.db or sqlite:////abs/path.db"
             )
         return "sqlite", Path(path)
-    if parsed.scheme in ("nats", "postgresql", "postgres"):
+    if parsed.scheme in ("nats", "tls"):
+        return "nats", None
+    if parsed.scheme in ("postgresql", "postgres"):
         raise ConfigError(
-            f"{url!r}: the distributed backends (NATS + PostgreSQL) are not in this version yet; "
-            "use sqlite:///fleetchat.db or memory://"
+            f"{url!r} is a store URL: give the bus as the backend URL (nats://host:4222) and "
+            "this as the store (--store / store_url)"
         )
-    raise ConfigError(f"unknown backend URL {url!r}: use sqlite:///path.db or memory://")
+    raise ConfigError(
+        f"unknown backend URL {url!r}: use sqlite:///path.db, memory:// or nats://host:4222"
+    )
 
 
 class Hub:
@@ -75,26 +80,35 @@ class Hub:
         kind, path = parse_url(self.settings.url)
         chat = self.settings.chat
         self._db: SqliteDatabase | None = None
-        log_: ChannelLog
-        store: Store
-        if kind == "sqlite":
-            assert path is not None
-            self._db = SqliteDatabase(path, self.settings.storage)
-            log_ = SqliteLog(self._db, chat.publish_timeout)
-            store = SqliteStore(self._db)
-        else:
-            log_ = MemoryLog(chat.retention_count)
-            store = MemoryStore()
-        self.store = store
         self._receipts = Receipts()
         self.metrics = DeliveryMetrics(self.clock, self._receipts)
-        self.bus = LocalBus(
-            log_,
-            clock=self.clock,
-            observer=self.metrics,
-            settings=chat,
-            storage=self.settings.storage,
-        )
+        self.bus: Bus
+        store: Store
+        if kind == "nats":
+            from fleetchat.backends.nats_bus import NatsBus
+
+            self.bus = NatsBus(
+                self.settings.url, clock=self.clock, observer=self.metrics, settings=chat
+            )
+            store = MemoryStore()
+        else:
+            log_: ChannelLog
+            if kind == "sqlite":
+                assert path is not None
+                self._db = SqliteDatabase(path, self.settings.storage)
+                log_ = SqliteLog(self._db, chat.publish_timeout)
+                store = SqliteStore(self._db)
+            else:
+                log_ = MemoryLog(chat.retention_count)
+                store = MemoryStore()
+            self.bus = LocalBus(
+                log_,
+                clock=self.clock,
+                observer=self.metrics,
+                settings=chat,
+                storage=self.settings.storage,
+            )
+        self.store = store
         self.channels = ChannelRegistry(self.bus, self.clock, chat)
         self.registry = AgentRegistry(store, self.clock, self.settings.registry)
         self._publisher = Publisher(self.bus, self.channels, self.clock, chat)
@@ -255,17 +269,15 @@ class Hub:
         messages, from now on."""
         return self._receipts.open(check_agent_id(sender, "sender"))
 
-    def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
+    async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
         """The newest dead letters, oldest first."""
-        return [letter for _, letter in self.dead_letter_entries(limit=limit)]
+        return [letter for _, letter in await self.dead_letter_entries(limit=limit)]
 
-    def dead_letter_entries(self, *, limit: int = 100) -> list[tuple[int, DeadLetter]]:
+    async def dead_letter_entries(self, *, limit: int = 100) -> list[tuple[int, DeadLetter]]:
         """The newest dead letters with their seq in ``$dlq`` (what replay takes), oldest first."""
-        channel = self.channels.get(DLQ_CHANNEL)
-        start = max(channel.last_seq - limit + 1, 1)
         return [
             (m.seq, msgspec.convert(m.body, DeadLetter))
-            for m in self.bus.history(DLQ_CHANNEL, start_seq=start, limit=limit)
+            for m in await self.bus.history(DLQ_CHANNEL, limit=limit, tail=True)
         ]
 
     def delivery_metrics(self) -> MetricsSnapshot:

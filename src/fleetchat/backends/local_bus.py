@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any
 
@@ -74,6 +74,7 @@ class LocalBus(Consuming):
         self._dirty: list[Cursor] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self.on_reply: Callable[[Message], bool] = lambda m: False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -338,6 +339,9 @@ class LocalBus(Consuming):
                         member.wake()
         self._observer.on_published(messages)
 
+    def route_reply(self, request: Message, reply: Message) -> bool:
+        return False  # one process: every request was made here
+
     def send_transient(self, message: Message, members: Sequence[str]) -> int:
         """Queue a request or reply (never stored, never retried) to ``members``."""
         rank = PRIORITY_RANK[message.priority]
@@ -351,7 +355,7 @@ class LocalBus(Consuming):
 
     # -- history and maintenance ----------------------------------------------------------
 
-    def history(
+    async def history(
         self,
         channel: str,
         *,
@@ -360,11 +364,46 @@ class LocalBus(Consuming):
         since: float | None = None,
         until: float | None = None,
         limit: int = 1000,
+        tail: bool = False,
     ) -> list[Message]:
         st = self._state(channel)
-        return st.log.history(
-            channel, start_seq=start_seq, end_seq=end_seq, since=since, until=until, limit=limit
-        )
+        log = st.log
+        if not tail:
+            return log.history(
+                channel, start_seq=start_seq, end_seq=end_seq, since=since, until=until, limit=limit
+            )
+        if limit < 1:
+            return []
+        # The newest matches: walk back from the newest seq in windows that double in size, so
+        # a tail of 100 reads about 100 messages however long the channel is, and a sparse
+        # match (gaps, a time filter) still costs a few reads, not one per message.
+        low = max(start_seq or 1, log.first_seq(channel))
+        high = st.committed if end_seq is None else min(end_seq, st.committed)
+        if since is not None and low <= high:
+            # Nothing older than the oldest match can match: stop the walk there.
+            first = log.history(
+                channel, start_seq=low, end_seq=high, since=since, until=None, limit=1
+            )
+            if not first:
+                return []
+            low = first[0].seq
+        windows: list[list[Message]] = []
+        found, span = 0, limit
+        while high >= low and found < limit:
+            start = max(high - span + 1, low)
+            window = log.history(
+                channel,
+                start_seq=start,
+                end_seq=high,
+                since=since,
+                until=until,
+                limit=high - start + 1,
+            )
+            windows.append(window)
+            found += len(window)
+            high, span = start - 1, span * 2
+        out = [m for window in reversed(windows) for m in window]
+        return out[-limit:] if len(out) > limit else out
 
     async def purge(self, channel: str) -> int:
         """Delete every message of ``channel`` (its seq numbers go on from where they were)."""

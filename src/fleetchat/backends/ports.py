@@ -173,6 +173,14 @@ class Bus(Protocol):
 
     def send_transient(self, message: Message, members: Sequence[str]) -> int: ...
 
+    on_reply: Callable[[Message], bool]
+    """Set by the request router: takes a reply that another hub node routed here."""
+
+    def route_reply(self, request: Message, reply: Message) -> bool:
+        """Send ``reply`` to the hub node where ``request`` was made, if that is another node
+        (distributed buses); False when the request was made here (or there are no others)."""
+        ...
+
     async def fetch(
         self, member: str, consumer: int, max_items: int, timeout: float | None
     ) -> Batch | None: ...
@@ -198,7 +206,7 @@ class Bus(Protocol):
 
     async def purge(self, channel: str) -> int: ...
 
-    def history(
+    async def history(
         self,
         channel: str,
         *,
@@ -207,7 +215,17 @@ class Bus(Protocol):
         since: float | None = None,
         until: float | None = None,
         limit: int = 1000,
-    ) -> list[Message]: ...
+        tail: bool = False,
+    ) -> list[Message]:
+        """Committed messages of ``channel``, oldest first, with ``start_seq <= seq <= end_seq``
+        and ``since <= created_at <= until`` (each bound inclusive, ``None``: unbounded).
+
+        At most ``limit`` messages: the oldest ones that match, or with ``tail=True`` the
+        newest ones that match (still returned oldest first), e.g. the last 100 messages of a
+        channel without knowing its seqs. Asynchronous because a distributed backend reads
+        history over the network.
+        """
+        ...
 
 
 class Coordinator(Protocol):

@@ -51,6 +51,8 @@ class RequestRouter:
         self._settings = settings
         self._metrics = metrics
         self._pending: dict[str, _Pending] = {}
+        # Replies to requests made here that are answered on another hub node come back here.
+        bus.on_reply = self.deliver_reply
 
     def _resolve_target(self, target: str) -> str:
         check_channel_name(target, "target")
@@ -170,6 +172,8 @@ class RequestRouter:
             correlation_id=request.id,
             headers=headers,
         )
+        if request.id not in self._pending and self._bus.route_reply(request, message):
+            return True  # the request was made on another hub node: it answers there
         return self.deliver_reply(message)
 
     def deliver_reply(self, message: Message) -> bool:

@@ -1,0 +1,654 @@
+"""NatsBus: the distributed Bus, on NATS JetStream. Any number of hub nodes share one NATS.
+
+- A durable publish is stored in ``<P>_CHAT`` with ``Nats-Msg-Id`` = the message id (a retry
+  within two minutes is not stored twice); the stream sequence is the message's ``seq``, so seqs
+  grow within a channel but are not consecutive (the stream holds every channel).
+- Fan-out runs on one node (the leader, or the only node): it reads ``<P>_CHAT`` in order
+  through the durable consumer ``fanout`` and stores one copy per member in ``<P>_INBOX``
+  (``Nats-Msg-Id`` = ``<message id>:<member>``, so a fan-out replayed after a crash adds
+  nothing), then acks. Copies keep the channel's order because one reader writes them in order.
+- Deliveries: see ``nats_member.py``. Ephemeral channels and requests/replies use core NATS
+  only and are never stored.
+- Channels and memberships are KV entries every node watches, so ``channel()``, ``members()``
+  and the other reads are answered from memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from fleetchat.backends.local_delivery import DLQ_CHANNEL, HUB_SENDER
+from fleetchat.backends.nats_conn import connect_nats, server_features
+from fleetchat.backends.nats_layout import Layout, key_name, key_token
+from fleetchat.backends.nats_member import NatsBatch, NatsMember
+from fleetchat.backends.ports import DeliveryObserver
+from fleetchat.config import ChatSettings
+from fleetchat.errors import (
+    BackendUnavailableError,
+    ChannelExistsError,
+    ChannelNotFoundError,
+    ClosedError,
+)
+from fleetchat.models import Channel, DeadLetter, Message
+from fleetchat.types import PRIORITY_RANK, Clock, new_id
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+    from nats.aio.msg import Msg
+    from nats.js.kv import KeyValue
+
+__all__ = ["NatsBus"]
+
+log = logging.getLogger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+_decode_message = msgspec.json.Decoder(Message).decode
+_decode_channel = msgspec.json.Decoder(Channel).decode
+_INBOX_MAX_AGE = 7 * 86_400.0  # a backstop: copies for members that never come back
+_DUPLICATE_WINDOW = 120.0
+_REPLY_HEADER = "fc-reply-to"  # on a request: the subject of the node waiting for its reply
+
+
+class NatsBus:
+    """The Bus on NATS JetStream. ``url`` may list several servers, comma-separated."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock,
+        observer: DeliveryObserver,
+        settings: ChatSettings | None = None,
+        prefix: str = "fc",
+        fanout: bool = True,
+    ) -> None:
+        self.url = url
+        self.settings = settings or ChatSettings()
+        self.clock = clock
+        self.observer = observer
+        self.layout = Layout(prefix)
+        self.closed = False
+        self._fanout_wanted = fanout
+        self._fanout_sub: Any = None
+        self._nc: NatsClient | None = None
+        self._channels: dict[str, Channel] = {}
+        self._members: dict[str, set[str]] = {}
+        self._memberships: dict[str, set[str]] = {}
+        self._attached: dict[str, NatsMember] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._replies: list[tuple[str, bytes]] = []
+        self._eph_seq = itertools.count(1)
+        self._kv_channels: KeyValue | None = None
+        self._kv_members: KeyValue | None = None
+        self._watchers: list[Any] = []
+        self.features: Any = None
+        self.node_id = new_id()
+        self._reply_subject = f"{self.layout.prefix}.rep.{self.node_id}"
+        self.on_reply: Callable[[Message], bool] = lambda m: False
+
+    @property
+    def nc(self) -> NatsClient:
+        if self._nc is None:
+            raise ClosedError("the NATS bus is not started")
+        return self._nc
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from nats.js.api import ConsumerConfig, RetentionPolicy, StreamConfig
+
+        self._nc = await connect_nats(self.url, name="fleetchat-hub")
+        self.features = server_features(self._nc)
+        js = self._nc.jetstream()
+        lay = self.layout
+        s = self.settings
+        try:
+            await self._ensure_stream(
+                StreamConfig(
+                    name=lay.chat_stream,
+                    subjects=[lay.chat_all],
+                    max_msgs_per_subject=s.retention_count,
+                    max_age=s.retention_age,
+                    duplicate_window=_DUPLICATE_WINDOW,
+                    allow_direct=True,
+                )
+            )
+            await self._ensure_stream(
+                StreamConfig(
+                    name=lay.inbox_stream,
+                    subjects=[lay.inbox_all],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    max_age=_INBOX_MAX_AGE,
+                    duplicate_window=_DUPLICATE_WINDOW,
+                )
+            )
+            await js.add_consumer(
+                lay.chat_stream,
+                ConsumerConfig(
+                    durable_name=lay.fanout_consumer,
+                    ack_policy="explicit",  # type: ignore[arg-type]
+                    ack_wait=30.0,
+                    max_ack_pending=10_000,
+                    filter_subject=lay.chat_all,
+                ),
+            )
+            self._kv_channels = await js.create_key_value(bucket=lay.channels_bucket, history=1)
+            self._kv_members = await js.create_key_value(bucket=lay.members_bucket, history=1)
+        except Exception as exc:
+            await self._nc.close()
+            raise BackendUnavailableError(
+                f"NATS JetStream at {self.url} is not usable: {exc}", backend="nats"
+            ) from exc
+        await self._load_and_watch()
+        await self._nc.subscribe(lay.ephemeral_all, cb=self._on_ephemeral)
+        await self._nc.subscribe(self._reply_subject, cb=self._on_routed_reply)
+        if DLQ_CHANNEL not in self._channels:
+            with contextlib.suppress(ChannelExistsError):
+                await self.create_channel(Channel(name=DLQ_CHANNEL, type="system", announce=False))
+        if self._fanout_wanted:
+            await self.start_fanout()
+
+    async def _ensure_stream(self, config: Any) -> None:
+        js = self.nc.jetstream()
+        try:
+            await js.add_stream(config)
+        except Exception:  # exists with another config: bring it up to date
+            await js.update_stream(config)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for member in list(self._attached.values()):
+            await member.release()
+        self._attached.clear()
+        for w in self._watchers:
+            with contextlib.suppress(Exception):
+                await w.stop()
+        self._flush_replies()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+            self._nc = None
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def reply_soon(self, subject: str | None, payload: bytes) -> None:
+        """Send an ack, nak or term; all of one loop turn go out together."""
+        if not subject:
+            return
+        if not self._replies:
+            asyncio.get_running_loop().call_soon(self._flush_replies)
+        self._replies.append((subject, payload))
+
+    def _flush_replies(self) -> None:
+        replies, self._replies = self._replies, []
+        if replies and self._nc is not None:
+            self.spawn(self._send_replies(replies))
+
+    async def _send_replies(self, replies: list[tuple[str, bytes]]) -> None:
+        nc = self.nc
+        for subject, payload in replies:
+            await nc.publish(subject, payload)
+
+    # -- channels and members (KV, watched) -------------------------------------------------
+
+    async def _load_and_watch(self) -> None:
+        assert self._kv_channels is not None
+        assert self._kv_members is not None
+        for kv, apply in (
+            (self._kv_channels, self._apply_channel),
+            (self._kv_members, self._apply_member),
+        ):
+            watcher = await kv.watchall()
+            self._watchers.append(watcher)
+            async for entry in watcher:  # the current values, then None
+                if entry is None:
+                    break
+                apply(entry)
+            self.spawn(self._follow(watcher, apply))
+
+    async def _follow(self, watcher: Any, apply: Callable[[Any], None]) -> None:
+        while not self.closed:
+            try:
+                entry = await watcher.updates(timeout=5.0)
+            except TimeoutError:
+                continue
+            except Exception:
+                if self.closed:
+                    return
+                log.warning("KV watch failed; retrying", exc_info=True)
+                await asyncio.sleep(1.0)
+                continue
+            if entry is not None:
+                apply(entry)
+
+    def _apply_channel(self, entry: Any) -> None:
+        name = key_name(entry.key)
+        if entry.operation in ("DEL", "PURGE") or entry.value is None:
+            self._channels.pop(name, None)
+            return
+        spec = _decode_channel(entry.value)
+        old = self._channels.get(name)
+        if old is not None:
+            spec.last_seq = max(spec.last_seq, old.last_seq)
+        self._channels[name] = spec
+
+    def _apply_member(self, entry: Any) -> None:
+        chan_tok, _, member_tok = entry.key.partition(".")
+        channel, member = key_name(chan_tok), key_name(member_tok)
+        if entry.operation in ("DEL", "PURGE") or entry.value is None:
+            self._members.get(channel, set()).discard(member)
+            self._memberships.get(member, set()).discard(channel)
+        else:
+            self._members.setdefault(channel, set()).add(member)
+            self._memberships.setdefault(member, set()).add(channel)
+
+    def channels(self) -> list[Channel]:
+        return list(self._channels.values())
+
+    def channel(self, name: str) -> Channel | None:
+        return self._channels.get(name)
+
+    def members(self, channel: str) -> list[str]:
+        return list(self._members.get(channel, ()))
+
+    def is_member(self, channel: str, member: str) -> bool:
+        return member in self._members.get(channel, ())
+
+    def memberships(self, member: str) -> list[str]:
+        return list(self._memberships.get(member, ()))
+
+    def _spec(self, name: str) -> Channel:
+        spec = self._channels.get(name)
+        if spec is None:
+            raise ChannelNotFoundError(f"no channel {name!r}", channel=name)
+        return spec
+
+    async def create_channel(self, channel: Channel) -> Channel:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        assert self._kv_channels is not None
+        try:
+            await self._kv_channels.create(key_token(channel.name), _encode(channel))
+        except KeyWrongLastSequenceError:
+            raise ChannelExistsError(
+                f"channel {channel.name!r} exists", channel=channel.name
+            ) from None
+        self._channels[channel.name] = channel
+        return channel
+
+    async def delete_channel(self, name: str) -> None:
+        self._spec(name)
+        assert self._kv_channels is not None
+        assert self._kv_members is not None
+        for member in list(self._members.get(name, ())):
+            await self._kv_members.delete(self.layout.member_key(name, member))
+            self._memberships.get(member, set()).discard(name)
+        self._members.pop(name, None)
+        await self._kv_channels.delete(key_token(name))
+        self._channels.pop(name, None)
+        await self.purge(name)
+
+    async def add_member(self, channel: str, member: str) -> bool:
+        self._spec(channel)
+        if self.is_member(channel, member):
+            return False
+        assert self._kv_members is not None
+        await self._kv_members.put(self.layout.member_key(channel, member), b"1")
+        self._members.setdefault(channel, set()).add(member)
+        self._memberships.setdefault(member, set()).add(channel)
+        return True
+
+    async def remove_member(self, channel: str, member: str) -> bool:
+        if not self.is_member(channel, member):
+            return False
+        assert self._kv_members is not None
+        await self._kv_members.delete(self.layout.member_key(channel, member))
+        self._members.get(channel, set()).discard(member)
+        self._memberships.get(member, set()).discard(channel)
+        return True
+
+    # -- publish and fan-out --------------------------------------------------------------
+
+    async def publish(self, messages: list[Message], timeout: float) -> list[Message]:
+        """Store durable messages (returns once JetStream confirmed them: committed), send
+        ephemeral ones to every node."""
+        if self.closed:
+            raise ClosedError("the hub is closed")
+        js = self.nc.jetstream()
+        pending = []
+        for m in messages:
+            spec = self._spec(m.channel)
+            if spec.ephemeral:
+                m.seq = next(self._eph_seq)
+                await self.nc.publish(self.layout.ephemeral(m.channel), _encode(m))
+                continue
+            pending.append(
+                (
+                    m,
+                    await js.publish_async(
+                        self.layout.chat(m.channel), _encode(m), headers={"Nats-Msg-Id": m.id}
+                    ),
+                )
+            )
+        try:
+            async with asyncio.timeout(timeout):
+                for m, fut in pending:
+                    ack = await fut
+                    m.seq = ack.seq
+                    known = self._channels.get(m.channel)
+                    if known is not None:
+                        known.last_seq = max(known.last_seq, m.seq)
+                        known.last_activity_at = m.created_at
+        except TimeoutError:
+            raise BackendUnavailableError(
+                f"NATS JetStream did not confirm the publish within {timeout:g} s",
+                backend="nats",
+            ) from None
+        self.observer.on_published(messages)
+        return messages
+
+    async def start_fanout(self) -> None:
+        """Run the fan-out on this node (the leader's job; safe to run twice, see above)."""
+        if self._fanout_sub is not None:
+            return
+        js = self.nc.jetstream()
+        self._fanout_sub = await js.pull_subscribe_bind(
+            self.layout.fanout_consumer, self.layout.chat_stream
+        )
+        self.spawn(self._fanout_loop(self._fanout_sub))
+
+    async def stop_fanout(self) -> None:
+        sub, self._fanout_sub = self._fanout_sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _fanout_loop(self, sub: Any) -> None:
+        from nats.errors import TimeoutError as NatsTimeout
+
+        js = self.nc.jetstream()
+        while not self.closed and self._fanout_sub is sub:
+            try:
+                msgs = await sub.fetch(256, timeout=1.0)
+            except (NatsTimeout, TimeoutError):
+                continue
+            except Exception:
+                if self.closed or self._fanout_sub is not sub:
+                    return
+                log.warning("fan-out fetch failed; retrying", exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            waits = []
+            for msg in msgs:
+                waits.append((msg, await self._fan_out_one(js, msg)))
+            for msg, futs in waits:
+                try:
+                    await asyncio.gather(*futs)
+                except Exception:
+                    log.warning("fan-out copy failed; will be redelivered", exc_info=True)
+                    continue  # not acked: JetStream redelivers it after ack_wait
+                await msg.ack()
+
+    async def _fan_out_one(self, js: Any, msg: Msg) -> list[Any]:
+        m = _decode_message(msg.data)
+        m.seq = msg.metadata.sequence.stream
+        spec = self._channels.get(m.channel)
+        if spec is not None:
+            spec.last_seq = max(spec.last_seq, m.seq)
+        data = _encode(m)
+        rank = PRIORITY_RANK[m.priority]
+        futs = []
+        for member in self._members.get(m.channel, ()):
+            if member == m.sender:
+                continue
+            futs.append(
+                await js.publish_async(
+                    self.layout.inbox(member, rank),
+                    data,
+                    headers={"Nats-Msg-Id": f"{m.id}:{member}"},
+                )
+            )
+        return futs
+
+    async def _on_ephemeral(self, msg: Msg) -> None:
+        m = _decode_message(msg.data)
+        rank = PRIORITY_RANK[m.priority]
+        for member in self._members.get(m.channel, ()):
+            nm = self._attached.get(member)
+            if nm is not None and member != m.sender and nm.state.room > 0:
+                nm.state.push(rank, m)
+
+    def send_transient(self, message: Message, members: Sequence[str]) -> int:
+        if message.kind == "request":  # so a reply made on another node finds its way back
+            headers = {**message.headers, _REPLY_HEADER: self._reply_subject}
+            message = msgspec.structs.replace(message, headers=headers)
+        data = _encode(message)
+        targets = [m for m in members if m != message.sender]
+        for member in targets:
+            self.reply_soon(self.layout.transient(member), data)
+        return len(targets)
+
+    def route_reply(self, request: Message, reply: Message) -> bool:
+        subject = request.headers.get(_REPLY_HEADER)
+        if not subject or subject == self._reply_subject:
+            return False
+        self.reply_soon(subject, _encode(reply))
+        return True
+
+    async def _on_routed_reply(self, msg: Msg) -> None:
+        self.on_reply(_decode_message(msg.data))
+
+    def dead_letter(self, member: str, m: Message, attempts: int, reason: Any) -> None:
+        self.observer.on_dead_letter(member, m, attempts, reason)
+        now = self.clock.time()
+        body = DeadLetter(member=member, message=m, reason=reason, attempts=attempts, dead_at=now)
+        letter = Message(
+            id=new_id(),
+            channel=DLQ_CHANNEL,
+            sender=HUB_SENDER,
+            kind="system",
+            body=msgspec.to_builtins(body),
+            priority=m.priority,
+            created_at=now,
+        )
+        self.spawn(self.publish([letter], self.settings.publish_timeout))
+
+    # -- consuming ------------------------------------------------------------------------
+
+    async def ensure_lane_consumer(self, member: str, rank: int) -> None:
+        from nats.js.api import ConsumerConfig
+
+        qos = self.settings.qos[list(self.settings.qos)[rank]]
+        await self.nc.jetstream().add_consumer(
+            self.layout.inbox_stream,
+            ConsumerConfig(
+                durable_name=self.layout.lane_consumer(member, rank),
+                filter_subject=self.layout.inbox(member, rank),
+                ack_policy="explicit",  # type: ignore[arg-type]
+                ack_wait=qos.ack_timeout,
+                max_ack_pending=self.settings.member_queue_limit,
+            ),
+        )
+
+    def _attach(self, member_id: str, consumer: int) -> NatsMember:
+        if self.closed:
+            raise ClosedError("the hub is closed")
+        nm = self._attached.get(member_id)
+        if nm is None:
+            nm = self._attached[member_id] = NatsMember(self, member_id)
+            self.spawn(self._attach_later(nm))
+        nm.consumers.add(consumer)
+        return nm
+
+    async def _attach_later(self, nm: NatsMember) -> None:
+        try:
+            await nm.attach()
+        except Exception:
+            log.exception("attaching member failed", extra={"member": nm.id})
+
+    def poll(self, member: str, consumer: int, max_items: int) -> NatsBatch | None:
+        nm = self._attach(member, consumer)
+        return nm.make_batch(consumer, max_items)
+
+    def listen(self, member: str, consumer: int, callback: Callable[[], None] | None) -> None:
+        nm = self._attach(member, consumer)
+        if callback is None:
+            nm.state.listeners.pop(consumer, None)
+        else:
+            nm.state.listeners[consumer] = callback
+
+    async def fetch(
+        self, member: str, consumer: int, max_items: int, timeout: float | None
+    ) -> NatsBatch | None:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else self.clock.monotonic() + timeout
+        while True:
+            batch = self.poll(member, consumer, max_items)
+            if batch is not None:
+                return batch
+            remaining = None if deadline is None else deadline - self.clock.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            nm = self._attached[member]
+            fut: asyncio.Future[None] = loop.create_future()
+
+            def wake(fut: asyncio.Future[None] = fut) -> None:
+                if not fut.done():
+                    fut.set_result(None)
+
+            nm.state.listeners[consumer] = wake
+            timer = None if remaining is None else self.clock.call_later(remaining, wake)
+            try:
+                await fut
+            finally:
+                detached = nm.state.listeners.get(consumer) is not wake
+                if not detached:
+                    del nm.state.listeners[consumer]
+                if timer is not None:
+                    timer.cancel()
+            if detached or self.closed:
+                raise ClosedError("the subscription is closed")
+
+    def ack(self, batch: Any, index: int | None = None) -> int:
+        nm = self._attached.get(batch.member.id)
+        return 0 if nm is None else nm.ack(batch, index)
+
+    def nack(
+        self,
+        batch: Any,
+        index: int | None = None,
+        *,
+        delay: float | None = None,
+        dead_letter: bool = False,
+    ) -> int:
+        nm = self._attached.get(batch.member.id)
+        if nm is None:
+            return 0
+        reason = "rejected" if dead_letter else "nacked"
+        return nm.fail(batch, index, reason, delay=delay, dead=dead_letter)
+
+    def detach(self, member: str, consumer: int) -> None:
+        nm = self._attached.get(member)
+        if nm is None:
+            return
+        nm.detach(consumer)
+        if not nm.consumers:
+            del self._attached[member]
+            self.spawn(nm.release())
+
+    def settle_through(self, member: str, channel: str, seq: int) -> int:
+        return self._attach(member, -1).settle_through(channel, seq) if member else 0
+
+    # -- history and maintenance ----------------------------------------------------------
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        start_seq: int | None = None,
+        end_seq: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+        tail: bool = False,
+    ) -> list[Message]:
+        """Stored messages of ``channel`` (read with a short-lived consumer), oldest first."""
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+
+        self._spec(channel)
+        js = self.nc.jetstream()
+        config = ConsumerConfig(
+            filter_subject=self.layout.chat(channel),
+            ack_policy="none",  # type: ignore[arg-type]
+            inactive_threshold=10.0,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        if start_seq is not None:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = max(start_seq, 1)
+        info = await js.add_consumer(self.layout.chat_stream, config)
+        out: list[Message] = []
+        inbox = self.nc.new_inbox()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        want = max(info.num_pending or 0, 0)
+
+        async def on_msg(msg: Msg) -> None:
+            if msg.headers and "Status" in msg.headers:
+                if not done.done():
+                    done.set_result(None)
+                return
+            m = _decode_message(msg.data)
+            m.seq = msg.metadata.sequence.stream
+            out.append(m)
+            if len(out) >= want and not done.done():
+                done.set_result(None)
+
+        sub = await self.nc.subscribe(inbox, cb=on_msg)
+        try:
+            if want:
+                req = json.dumps({"batch": want, "no_wait": True}).encode()
+                await self.nc.publish(
+                    self.layout.next_subject(self.layout.chat_stream, info.name),
+                    req,
+                    reply=inbox,
+                )
+                async with asyncio.timeout(10.0):
+                    await done
+        finally:
+            await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await js.delete_consumer(self.layout.chat_stream, info.name)
+        picked = [
+            m
+            for m in out
+            if (end_seq is None or m.seq <= end_seq)
+            and (since is None or m.created_at >= since)
+            and (until is None or m.created_at <= until)
+        ]
+        return picked[-limit:] if tail else picked[:limit]
+
+    async def purge(self, channel: str) -> int:
+        js = self.nc.jetstream()
+        subject = self.layout.chat(channel)
+        info = await js.stream_info(self.layout.chat_stream, subjects_filter=subject)
+        count = int((info.state.subjects or {}).get(subject, 0))
+        await js.purge_stream(self.layout.chat_stream, subject=subject)
+        return count
