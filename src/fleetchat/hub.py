@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from pathlib import Path
@@ -13,7 +14,8 @@ import msgspec
 
 from fleetchat.backends.local_bus import DLQ_CHANNEL, LocalBus
 from fleetchat.backends.memory import MemoryLog, MemoryStore
-from fleetchat.backends.ports import Bus, ChannelLog, Store
+from fleetchat.backends.local_coord import LocalCoordinator
+from fleetchat.backends.ports import Bus, ChannelLog, Coordinator, Store
 from fleetchat.backends.sqlite import SqliteDatabase, SqliteLog
 from fleetchat.backends.sqlite_store import SqliteStore
 from fleetchat.chat.channels import ChannelRegistry
@@ -84,12 +86,21 @@ class Hub:
         self.metrics = DeliveryMetrics(self.clock, self._receipts)
         self.bus: Bus
         store: Store
+        self.coordinator: Coordinator
         if kind == "nats":
             from fleetchat.backends.nats_bus import NatsBus
+            from fleetchat.backends.nats_coord import NatsCoordinator
 
-            self.bus = NatsBus(
-                self.settings.url, clock=self.clock, observer=self.metrics, settings=chat
+            bus = NatsBus(
+                self.settings.url,
+                clock=self.clock,
+                observer=self.metrics,
+                settings=chat,
+                fanout=False,  # the leader's job
             )
+            self.bus = bus
+            self.coordinator = NatsCoordinator(self.settings.url, bus.node_id)
+            self.coordinator.on_leadership(self._on_leadership)
             store = MemoryStore()
         else:
             log_: ChannelLog
@@ -108,7 +119,9 @@ class Hub:
                 settings=chat,
                 storage=self.settings.storage,
             )
+            self.coordinator = LocalCoordinator(clock=self.clock)
         self.store = store
+        self._leader_tasks: set[asyncio.Task[None]] = set()
         self.channels = ChannelRegistry(self.bus, self.clock, chat)
         self.registry = AgentRegistry(store, self.clock, self.settings.registry)
         self._publisher = Publisher(self.bus, self.channels, self.clock, chat)
@@ -137,6 +150,7 @@ class Hub:
             await self._db.start()
         await self.store.start()
         await self.bus.start()
+        await self.coordinator.start()
         await self.registry.start()
         self._state = "open"
         log.info("hub started", extra={"url": self.settings.url})
@@ -148,10 +162,27 @@ class Hub:
         self.requests.close()
         self._receipts.close()
         await self.registry.close()
+        await self.coordinator.close()
+        for task in list(self._leader_tasks):
+            task.cancel()
         await self.bus.close()
         await self.store.close()
         if self._db is not None:
             await self._db.close()
+
+    def _on_leadership(self, leading: bool, epoch: int) -> None:
+        """The leader runs the singleton loops: on NATS, the fan-out into member inboxes."""
+        from fleetchat.backends.nats_bus import NatsBus
+
+        bus = self.bus
+        if not isinstance(bus, NatsBus) or self._state == "closed":
+            return
+        log.info("leadership", extra={"leading": leading, "epoch": epoch})
+        task = asyncio.get_running_loop().create_task(
+            bus.start_fanout() if leading else bus.stop_fanout()
+        )
+        self._leader_tasks.add(task)
+        task.add_done_callback(self._leader_tasks.discard)
 
     async def __aenter__(self) -> Hub:
         await self.start()

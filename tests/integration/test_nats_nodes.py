@@ -1,0 +1,105 @@
+"""Several hub nodes on one nats-server, in one process: what crosses nodes.
+
+Each Hub here is a node with its own NATS connections, as separate processes would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from fleetchat import Hub, HubSettings
+from fleetchat.config import ChatSettings, QosSettings
+from fleetchat.testing.services import NatsServer
+from fleetchat.types import Priority
+
+QOS = QosSettings(ack_timeout=1.0, max_attempts=3, backoff_base=0.05, backoff_max=0.2)
+
+
+@pytest.fixture
+async def nodes(nats_server: NatsServer) -> AsyncIterator[list[Hub]]:
+    settings = HubSettings(url=nats_server.url, chat=ChatSettings(qos=dict.fromkeys(Priority, QOS)))
+    hubs = [Hub(settings) for _ in range(2)]
+    for h in hubs:
+        await h.start()
+    try:
+        yield hubs
+    finally:
+        for h in hubs:
+            await h.close()
+
+
+async def _until(check: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+async def test_one_leader_runs_the_fan_out(nodes: list[Hub]) -> None:
+    await _until(lambda: sum(h.coordinator.is_leader for h in nodes) == 1)
+    leader = next(h for h in nodes if h.coordinator.is_leader)
+    assert leader.coordinator.epoch > 0
+
+
+async def test_a_channel_made_on_one_node_is_seen_on_the_other(nodes: list[Hub]) -> None:
+    a, b = nodes
+    await a.channels.create("cell", announce=False)
+    await _until(lambda: b.bus.channel("cell") is not None)
+    await b.subscribe("r1", "cell")
+    await _until(lambda: a.channels.members("cell") == ["r1"])
+
+
+async def test_publish_on_one_node_reaches_a_member_on_the_other(nodes: list[Hub]) -> None:
+    a, b = nodes
+    await a.channels.create("cell", announce=False)
+    await _until(lambda: b.bus.channel("cell") is not None)
+    sub = await b.subscribe("r1", "cell")
+    await _until(lambda: a.bus.is_member("cell", "r1"))
+    sent = [await a.publish("cell", i, sender="ctl") for i in range(20)]
+    got: list[Any] = []
+    async with asyncio.timeout(10):
+        while len(got) < 20:
+            batch = await sub.fetch(timeout=5)
+            if batch is not None:
+                got.extend(batch.messages)
+                await batch.ack()
+    assert [m.id for m in got] == [m.id for m in sent]  # in the channel's order
+
+
+async def test_request_on_one_node_answered_on_the_other(nodes: list[Hub]) -> None:
+    a, b = nodes
+    sub = await b.subscribe("svc")
+
+    async def serve() -> None:
+        while True:
+            for d in await sub.fetch(timeout=5) or []:
+                if d.message.kind == "request":
+                    await d.reply({"from": "b", "got": d.message.body})
+                    return
+
+    server = asyncio.create_task(serve())
+    await _until(lambda: a.bus.channel("@svc") is not None)
+    await asyncio.sleep(0.2)  # svc's node listens for it
+    reply = await a.request("@svc", 42, sender="asker", timeout=5)
+    assert reply.body == {"from": "b", "got": 42}
+    await server
+
+
+async def test_an_agent_moving_nodes_gets_what_it_left_unacked(nodes: list[Hub]) -> None:
+    a, b = nodes
+    await a.channels.create("cell", announce=False)
+    on_a = await a.subscribe("r1", "cell")
+    sent = await a.publish("cell", "work", sender="ctl")
+    batch = await on_a.fetch(timeout=5)
+    assert batch is not None
+    assert [m.id for m in batch.messages] == [sent.id]
+    await on_a.close()  # the connection to node a ends without an ack
+    on_b = await b.subscribe("r1")
+    again = await on_b.fetch(timeout=3)  # handed back at once, not after the ack timeout
+    assert again is not None
+    assert [m.id for m in again.messages] == [sent.id]
+    await again.ack()
+    assert await on_b.fetch(timeout=0.5) is None
