@@ -218,7 +218,11 @@ class HubSettings:
     """Everything the hub reads at start. ``url`` picks the backend."""
 
     url: str = "sqlite:///fleetchat.db"
-    """Backend URL: ``sqlite:///path.db`` (default ``fleetchat.db``) or ``memory://``."""
+    """Backend URL: ``sqlite:///path.db`` (default ``fleetchat.db``), ``memory://``, or the
+    distributed bus ``nats://host:4222`` (several servers comma-separated)."""
+    store_url: str | None = None
+    """With a ``nats://`` bus: the store, ``postgresql://user@host:5432/db``. Every node of one
+    hub uses the same. Without it a NATS hub keeps agents and tokens in memory (one node)."""
     chat: ChatSettings = field(default_factory=ChatSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     storage: StorageSettings = field(default_factory=StorageSettings)

@@ -64,6 +64,19 @@ def parse_url(url: str) -> tuple[Literal["memory", "sqlite", "nats"], Path | Non
     )
 
 
+def _distributed_store(url: str | None) -> tuple[Store, Any]:
+    """The store of a NATS hub and the database to start before it (None: in memory)."""
+    if not url:
+        log.warning("no store URL: agents and tokens live in this node's memory only")
+        return MemoryStore(), None
+    if urlparse(url).scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"store URL {url!r}: use postgresql://user@host:5432/database")
+    from fleetchat.backends.postgres import PostgresDatabase, PostgresStore
+
+    db = PostgresDatabase(url)
+    return PostgresStore(db), db
+
+
 class Hub:
     """A fleetchat hub, embedded in this process.
 
@@ -82,6 +95,7 @@ class Hub:
         kind, path = parse_url(self.settings.url)
         chat = self.settings.chat
         self._db: SqliteDatabase | None = None
+        self._pg: Any = None  # the PostgresDatabase of a distributed store
         self._receipts = Receipts()
         self.metrics = DeliveryMetrics(self.clock, self._receipts)
         self.bus: Bus
@@ -101,7 +115,7 @@ class Hub:
             self.bus = bus
             self.coordinator = NatsCoordinator(self.settings.url, bus.node_id)
             self.coordinator.on_leadership(self._on_leadership)
-            store = MemoryStore()
+            store, self._pg = _distributed_store(self.settings.store_url)
         else:
             log_: ChannelLog
             if kind == "sqlite":
@@ -120,6 +134,11 @@ class Hub:
                 storage=self.settings.storage,
             )
             self.coordinator = LocalCoordinator(clock=self.clock)
+            if self.settings.store_url:
+                raise ConfigError(
+                    "a separate store (store_url) goes with the distributed bus: give the bus "
+                    "as nats://host:4222, or leave the store out for an embedded hub"
+                )
         self.store = store
         self._leader_tasks: set[asyncio.Task[None]] = set()
         self.channels = ChannelRegistry(self.bus, self.clock, chat)
@@ -148,6 +167,8 @@ class Hub:
             raise ClosedError(f"the hub is {self._state}; open a new one")
         if self._db is not None:
             await self._db.start()
+        if self._pg is not None:
+            await self._pg.start()
         await self.store.start()
         await self.bus.start()
         await self.coordinator.start()
@@ -169,6 +190,8 @@ class Hub:
         await self.store.close()
         if self._db is not None:
             await self._db.close()
+        if self._pg is not None:
+            await self._pg.close()
 
     def _on_leadership(self, leading: bool, epoch: int) -> None:
         """The leader runs the singleton loops: on NATS, the fan-out into member inboxes."""

@@ -100,7 +100,15 @@ def serve(
     port: Annotated[int | None, typer.Option(help="TCP port (default 8765; 0 picks one).")] = None,
     db: Annotated[
         str | None,
-        typer.Option("--db", "--store", help="Backend URL (default sqlite:///fleetchat.db)."),
+        typer.Option(
+            "--db",
+            "--bus",
+            help="Backend URL: sqlite:///fleetchat.db (default), memory://, or nats://host:4222.",
+        ),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help="With a nats:// bus: the store, postgresql://user@host/db."),
     ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
     auth: Annotated[bool | None, typer.Option("--auth/--no-auth", help="Require tokens.")] = None,
@@ -120,7 +128,10 @@ def serve(
     ):
         if value is not None:
             server[key] = value
-    settings = _settings(config, db, {"server": server} if server else None)
+    overrides: dict[str, Any] = {"server": server} if server else {}
+    if store is not None:
+        overrides["store_url"] = store
+    settings = _settings(config, db, overrides or None)
     _configure_logging(log_level, log_format)
     from fleetchat.server.app import serve_forever
 

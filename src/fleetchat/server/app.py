@@ -142,7 +142,16 @@ class HubServer:
         return web.Response(text=docs_page(), content_type="text/html")
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "agents_connected": len(self.sessions)})
+        coordinator = self.hub.coordinator
+        return web.json_response(
+            {
+                "status": "ok",
+                "agents_connected": len(self.sessions),
+                "node": coordinator.node_id,
+                "leader": coordinator.is_leader,
+                "epoch": coordinator.epoch,
+            }
+        )
 
 
 async def serve_forever(hub_url: str | None, settings: Any, stop: asyncio.Event) -> None:
