@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -61,23 +64,50 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         server.kill()
 
 
+@contextlib.contextmanager
+def _postgres_dir() -> Iterator[Path]:
+    """A directory for a PostgreSQL cluster, removed afterwards. Not under pytest's basetemp:
+    as root, the server runs as another user that must traverse every parent, and each pytest
+    session that starts resets the basetemp root to mode 0700, which would lock a concurrent
+    session's server out of its own data (PANIC: could not open pg_control)."""
+    path = Path(tempfile.mkdtemp(prefix="fleetchat-pg-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _running_postgres() -> Iterator[PostgresServer]:
+    with _postgres_dir() as base:
+        try:
+            server = PostgresServer(base).start()
+        except (ServiceUnavailable, subprocess.CalledProcessError) as exc:
+            _unavailable(f"PostgreSQL: {exc}")
+            raise
+        try:
+            yield server
+        finally:
+            server.stop("immediate")
+
+
 @pytest.fixture(scope="session")
-def postgres_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_cluster() -> Iterator[str]:
     """The URL of a PostgreSQL server for the session: FLEETCHAT_TEST_POSTGRES_URL, or a
     throwaway cluster started from the installed binaries."""
     given = os.environ.get("FLEETCHAT_TEST_POSTGRES_URL")
     if given:
         yield given
         return
-    try:
-        server = PostgresServer(tmp_path_factory.mktemp("postgres")).start()
-    except (ServiceUnavailable, subprocess.CalledProcessError) as exc:
-        _unavailable(f"PostgreSQL: {exc}")
-        raise
-    try:
+    with _running_postgres() as server:
         yield server.url
-    finally:
-        server.stop("immediate")
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the test's own (to stop, kill and start again), removed after."""
+    with _running_postgres() as server:
+        yield server
 
 
 @pytest.fixture

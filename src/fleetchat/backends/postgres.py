@@ -165,7 +165,7 @@ class PostgresDatabase:
                     backend="postgresql",
                     where=self.where,
                 ) from exc
-            raise self._error(exc, "login") from exc
+            raise self._error(exc, " refused the login") from exc
         self._pool = pool
         try:
             self.schema_version = await self.run(self._migrate, timeout=MIGRATION_TIMEOUT)
@@ -276,12 +276,15 @@ class PostgresDatabase:
                             async with conn.transaction():
                                 result = await op(conn)
                     except Exception:
-                        lost = conn.is_closed()
+                        try:
+                            lost = conn.is_closed()
+                        except Exception:  # released to the pool already: closed under us
+                            lost = True
                         raise
         except FleetchatError:
             raise
         except Exception as exc:
-            raise self._error(exc, "call", lost=lost, timeout=timeout) from exc
+            raise self._error(exc, lost=lost, timeout=timeout) from exc
         if self._down is not None:
             log.info(
                 "postgresql: %s is reachable again",
@@ -319,10 +322,21 @@ class PostgresDatabase:
         return self._scrub(exc) or type(exc).__name__
 
     def _error(
-        self, exc: BaseException, doing: str, *, lost: bool = False, timeout: float | None = None
+        self,
+        exc: BaseException,
+        what: str = "",
+        *,
+        lost: bool = False,
+        timeout: float | None = None,
     ) -> BackendError:
+        """The error to raise for the driver's ``exc``: unavailable, or a plain BackendError
+        whose message is "PostgreSQL at host:port{what}: {driver message}"."""
         if lost or _is_unavailable(self._asyncpg, exc):
-            reason = self._reason(exc, self.command_timeout if timeout is None else timeout)
+            reason = (
+                self._reason(exc, self.command_timeout if timeout is None else timeout)
+                if _is_unavailable(self._asyncpg, exc)
+                else "the connection was lost"  # the driver's own words are internal here
+            )
             if self._down is None:
                 log.warning(
                     "postgresql: %s is unavailable: %s",
@@ -340,9 +354,7 @@ class PostgresDatabase:
         details: dict[str, Any] = {"backend": "postgresql", "where": self.where}
         if sqlstate:
             details["sqlstate"] = sqlstate
-        return BackendError(
-            f"PostgreSQL {doing} failed at {self.where}: {self._scrub(exc)}", **details
-        )
+        return BackendError(f"PostgreSQL at {self.where}{what}: {self._scrub(exc)}", **details)
 
 
 class PostgresStore:
