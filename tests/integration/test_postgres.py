@@ -141,6 +141,15 @@ async def test_a_password_given_as_a_query_parameter_is_not_shown_either() -> No
     assert SECRET not in everything_said(caught.value)
 
 
+async def test_an_unresolvable_host_is_backend_unavailable() -> None:
+    database = PostgresDatabase("postgresql://fleet@no-such-host.invalid/fleet", connect_timeout=2)
+
+    with pytest.raises(BackendUnavailableError) as caught:
+        await database.start()
+
+    assert caught.value.details["where"] == "no-such-host.invalid:5432"
+
+
 async def test_a_server_that_never_answers_is_unavailable_after_the_connect_timeout() -> None:
     with socket.socket() as silent:  # accepts TCP connections (backlog), never speaks
         silent.bind(("127.0.0.1", 0))

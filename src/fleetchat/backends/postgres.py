@@ -318,7 +318,8 @@ class PostgresDatabase:
         if isinstance(exc, TimeoutError):
             return f"no answer within {timeout:g} s"
         if isinstance(exc, OSError) and exc.errno is not None:
-            return os.strerror(exc.errno).lower()
+            # Resolver errors (socket.gaierror) have negative numbers and their own text.
+            return (os.strerror(exc.errno) if exc.errno > 0 else str(exc.strerror)).lower()
         return self._scrub(exc) or type(exc).__name__
 
     def _error(
