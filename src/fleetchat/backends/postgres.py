@@ -10,25 +10,31 @@ anything else is a :class:`BackendError` with the driver's error as ``__cause__`
 reconnects by itself: once the server is back, the next call succeeds. The password in the URL
 never appears in a message or a log record.
 
-asyncpg is an optional extra (``pip install 'fleetchat[postgres]'``), imported lazily.
+asyncpg is an optional extra (``pip install 'fleetchat[postgres]'``), imported lazily by
+postgres_conn.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
 
+from fleetchat.backends.postgres_conn import (
+    import_asyncpg,
+    is_unavailable,
+    os_reason,
+    url_secrets,
+    url_where,
+)
 from fleetchat.backends.postgres_schema import BOOTSTRAP, LATEST_VERSION, LOCK_KEY, MIGRATIONS
 from fleetchat.errors import BackendError, BackendUnavailableError, ConfigError, FleetchatError
 from fleetchat.models import AgentInfo, TokenRecord
 
-__all__ = ["PostgresDatabase", "PostgresStore", "import_asyncpg"]
+__all__ = ["PostgresDatabase", "PostgresStore"]
 
 log = logging.getLogger(__name__)
 
@@ -42,56 +48,6 @@ MIGRATION_TIMEOUT = 300.0
 _encode = msgspec.json.Encoder().encode
 _decode_agent = msgspec.json.Decoder(AgentInfo).decode
 _decode_token = msgspec.json.Decoder(TokenRecord).decode
-
-
-def import_asyncpg() -> Any:
-    """The ``asyncpg`` module, or a ConfigError saying how to install it."""
-    try:
-        import asyncpg
-    except ImportError:  # pragma: no cover - the extra is installed wherever tests run
-        raise ConfigError(
-            "the PostgreSQL backend needs asyncpg: pip install 'fleetchat[postgres]'",
-            extra="postgres",
-        ) from None
-    return asyncpg
-
-
-def _where(url: str) -> str:
-    """``host:port`` of every server in ``url`` (comma-separated), for messages."""
-    parts = urlsplit(url)
-    query = parse_qs(parts.query)
-    default_port = query.get("port", ["5432"])[0]
-    hosts = parts.netloc.rpartition("@")[2]
-    out = []
-    for item in hosts.split(",") if hosts else query.get("host", ["localhost"]):
-        if item.startswith("["):  # [v6]:port
-            host, _, rest = item[1:].partition("]")
-            port = rest.lstrip(":") or default_port
-        else:
-            host, _, port = item.partition(":")
-        out.append(f"{unquote(host) or 'localhost'}:{port or default_port}")
-    return ",".join(out)
-
-
-def _secrets(url: str) -> list[str]:
-    """The password in ``url``, as written and decoded, to scrub from any text."""
-    parts = urlsplit(url)
-    userinfo = parts.netloc.rpartition("@")[0]
-    found = [userinfo.partition(":")[2], *parse_qs(parts.query).get("password", [])]
-    return sorted({s for p in found if p for s in (p, unquote(p))}, key=len, reverse=True)
-
-
-def _is_unavailable(asyncpg: Any, exc: BaseException) -> bool:
-    exc_mod = asyncpg.exceptions
-    return isinstance(
-        exc,
-        OSError  # refused, unreachable, DNS, and TimeoutError (no answer in time)
-        | exc_mod.PostgresConnectionError  # 08xxx, and "connection closed mid-operation"
-        | exc_mod.AdminShutdownError  # 57P01: the server is shutting down
-        | exc_mod.CrashShutdownError
-        | exc_mod.CannotConnectNowError  # 57P03: starting up or shutting down
-        | exc_mod.TooManyConnectionsError,
-    )
 
 
 class PostgresDatabase:
@@ -119,14 +75,14 @@ class PostgresDatabase:
         connect_timeout: float = 5.0,
     ) -> None:
         self.url = url
-        self.where = _where(url)
+        self.where = url_where(url)
         self.min_size = min_size
         self.max_size = max_size
         self.command_timeout = command_timeout
         self.connect_timeout = connect_timeout
         self.schema_version = 0
         """The schema version after ``start()`` (``LATEST_VERSION`` once migrated)."""
-        self._secrets = _secrets(url)
+        self._secrets = url_secrets(url)
         self._pool: Any = None
         self._asyncpg: Any = None
         self._down: str | None = None  # why the server is unavailable, while it is
@@ -158,7 +114,7 @@ class PostgresDatabase:
         except (asyncpg.exceptions.ClientConfigurationError, ValueError) as exc:
             raise ConfigError(f"invalid PostgreSQL URL: {self._scrub(exc)}") from None
         except Exception as exc:
-            if _is_unavailable(asyncpg, exc):
+            if is_unavailable(asyncpg, exc):
                 raise BackendUnavailableError(
                     f"cannot connect to PostgreSQL at {self.where}: "
                     f"{self._reason(exc, self.connect_timeout)}",
@@ -318,8 +274,7 @@ class PostgresDatabase:
         if isinstance(exc, TimeoutError):
             return f"no answer within {timeout:g} s"
         if isinstance(exc, OSError) and exc.errno is not None:
-            # Resolver errors (socket.gaierror) have negative numbers and their own text.
-            return (os.strerror(exc.errno) if exc.errno > 0 else str(exc.strerror)).lower()
+            return os_reason(exc)
         return self._scrub(exc) or type(exc).__name__
 
     def _error(
@@ -332,10 +287,10 @@ class PostgresDatabase:
     ) -> BackendError:
         """The error to raise for the driver's ``exc``: unavailable, or a plain BackendError
         whose message is "PostgreSQL at host:port{what}: {driver message}"."""
-        if lost or _is_unavailable(self._asyncpg, exc):
+        if lost or is_unavailable(self._asyncpg, exc):
             reason = (
                 self._reason(exc, self.command_timeout if timeout is None else timeout)
-                if _is_unavailable(self._asyncpg, exc)
+                if is_unavailable(self._asyncpg, exc)
                 else "the connection was lost"  # the driver's own words are internal here
             )
             if self._down is None:
