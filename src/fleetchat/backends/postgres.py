@@ -336,12 +336,14 @@ class PostgresStore:
         """Reload every agent and token from the database (other nodes' writes included)."""
 
         async def load(conn: Connection) -> tuple[list[Any], list[Any]]:
-            agents = await conn.fetch("SELECT data FROM agents ORDER BY id")
-            tokens = await conn.fetch("SELECT data FROM tokens ORDER BY sha256")
+            # Repeatable read: one snapshot for both tables (read committed takes one per
+            # statement, so a token could arrive without its agent).
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                agents = await conn.fetch("SELECT data FROM agents ORDER BY id")
+                tokens = await conn.fetch("SELECT data FROM tokens ORDER BY sha256")
             return agents, tokens
 
-        # One snapshot for both tables.
-        agents, tokens = await self.db.run(load, transaction=True)
+        agents, tokens = await self.db.run(load)
         self._agents = {a.id: a for a in (_decode_agent(r[0]) for r in agents)}
         self._tokens = {t.sha256: t for t in (_decode_token(r[0]) for r in tokens)}
 
