@@ -35,7 +35,8 @@ async def main() -> None:
             )
             await delivery.ack()
 
-            print("history:", [m.body for m in hub.channels.history("cell-1")])
+            history = await hub.channels.history("cell-1")
+            print("history:", [m.body for m in history])
             print("members:", hub.channels.members("cell-1"))
             snap = hub.metrics.snapshot()
             print(f"published={snap.published} delivered={snap.delivered}")

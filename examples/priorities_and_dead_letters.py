@@ -46,13 +46,13 @@ async def main() -> None:
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(never_ack(silent))
             for _ in range(100):
-                if len(hub.dead_letters()) >= 4:
+                if len(await hub.dead_letters()) >= 4:
                     break
                 await asyncio.sleep(0.05)
             task.cancel()
 
         print("dead letters ($dlq):")
-        for letter in hub.dead_letters():
+        for letter in await hub.dead_letters():
             print(
                 f"  member={letter.member} body={letter.message.body!r} "
                 f"reason={letter.reason} attempts={letter.attempts}"

@@ -68,7 +68,7 @@ async def test_send_publishes_the_text_with_its_priority(hub: RunningServer) -> 
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("published cell-1#1 as cli (message ")
-    (m,) = hub.hub.channels.history("cell-1")
+    (m,) = await hub.hub.channels.history("cell-1")
     assert (m.body, m.priority, m.sender) == ("dock 3 is free", "high", "cli")
 
 
@@ -132,7 +132,7 @@ async def test_dlq_lists_replays_and_purges_dead_letters(hub: RunningServer) -> 
     await hub.hub.publish("jobs", "poison", sender="ops")
     (delivery,) = await arm.deliveries(1)
     await arm.send({"type": "nack", "tag": delivery.tag, "dead_letter": True})
-    await assert_eventually(lambda: hub.hub.dead_letters())
+    await assert_eventually(hub.hub.dead_letters)
 
     table = await fleetchat("dlq", "--hub", hub.url)
     assert table.exit_code == 0, table.output
@@ -146,7 +146,7 @@ async def test_dlq_lists_replays_and_purges_dead_letters(hub: RunningServer) -> 
     assert (again.body, again.message["channel"]) == ("poison", "@arm-1")
     purged = await fleetchat("dlq", "--purge", "--json", "--hub", hub.url)
     assert json.loads(purged.stdout) == {"purged": 1}
-    assert hub.hub.dead_letters() == []
+    assert await hub.hub.dead_letters() == []
 
 
 async def test_dlq_refuses_replay_and_purge_together(hub: RunningServer) -> None:

@@ -265,7 +265,7 @@ async def test_raw_agent_example_runs_a_full_session_against_a_hub_with_auth(
             assert f'from peer: {{"n": {i}}}' in stdout
         assert 'peer replied {"status": "docked"}' in stdout
         assert "done: 3 messages received, 1 requests answered, 1 asked" in stdout
-        greetings = [m for m in s.hub.channels.history("cell-1") if m.sender == "raw-agent"]
+        greetings = [m for m in await s.hub.channels.history("cell-1") if m.sender == "raw-agent"]
         assert len(greetings) == 1  # the retried publish was not posted twice
         assert s.hub.registry.get("raw-agent").capabilities == {"inspect": 0.9}
 
@@ -348,7 +348,7 @@ async def test_ack_timeout_redelivers_with_attempts_then_dead_letters() -> None:
         assert reader.deliver_frames[-1]["attempts"] == [2]
         assert "attempts" not in reader.deliver_frames[0]
         await assert_eventually(s.hub.dead_letters)  # the second failure dead-letters it
-        letters = s.hub.dead_letters()
+        letters = await s.hub.dead_letters()
         assert [(d.member, d.reason, d.attempts) for d in letters] == [("reader", "ack_timeout", 2)]
         assert letters[0].message.id == first.message["id"]
         assert await reader.nothing_delivered(within=0.2)
@@ -369,7 +369,7 @@ async def test_nack_retries_at_once_with_a_delay_of_zero_and_dead_letter_rejects
         await writer.publish("ch", "b", id="p2")  # something after the rejected one
         assert (await reader.delivery()).message["body"] == "b"
         await assert_eventually(s.hub.dead_letters)
-        assert [(d.reason, d.attempts) for d in s.hub.dead_letters()] == [("rejected", 2)]
+        assert [(d.reason, d.attempts) for d in await s.hub.dead_letters()] == [("rejected", 2)]
 
 
 # -- request / reply -----------------------------------------------------------------------
@@ -433,7 +433,7 @@ async def test_a_publish_retried_with_the_same_id_is_acknowledged_as_a_duplicate
         assert first["duplicate"] is False
         assert second["duplicate"] is third["duplicate"] is True
         assert {f["message_id"] for f in (first, second, third)} == {first["message_id"]}
-        assert len(s.hub.channels.history("ch")) == 1
+        assert len(await s.hub.channels.history("ch")) == 1
 
 
 async def _publish_and_drop(s: Served, agent: str, prefix: str, count: int) -> None:
@@ -459,7 +459,7 @@ async def test_a_publish_retried_after_its_connection_dropped_is_not_posted_twic
         for r in range(3):
             for i in range(100):
                 await retry.publish("ch", f"r{r}-{i}", id=f"r{r}-{i}")
-        counts = Counter(m.body for m in s.hub.channels.history("ch"))
+        counts = Counter(m.body for m in await s.hub.channels.history("ch"))
         assert [body for body, n in counts.items() if n > 1] == []
 
 
@@ -475,7 +475,7 @@ async def test_a_publish_acknowledged_after_another_connection_dropped_is_stored
         for r in range(3):
             await _publish_and_drop(s, "flaky", f"r{r}", 100)
             ack = await steady.publish("ch", f"probe-{r}", id=f"probe-{r}")
-            stored = s.hub.channels.history("ch", start_seq=ack["seq"], end_seq=ack["seq"])
+            stored = await s.hub.channels.history("ch", start_seq=ack["seq"], end_seq=ack["seq"])
             if [m.body for m in stored] != [f"probe-{r}"]:
                 lost.append((ack["seq"], [m.body for m in stored]))
         assert lost == []

@@ -366,6 +366,10 @@ async def test_history_selects_by_seq_range_and_limit(api: Api) -> None:
     assert await seqs("?start_seq=5") == [5, 6]
     assert await seqs("?end_seq=2") == [1, 2]
     assert await seqs("?start_seq=2&limit=2") == [2, 3]
+    assert await seqs("?limit=2&tail=true") == [5, 6]
+    assert await seqs("?limit=2&tail=false") == [1, 2]
+    assert await seqs("?end_seq=4&limit=3&tail=1") == [2, 3, 4]
+    assert await seqs("?tail=true") == [1, 2, 3, 4, 5, 6]
 
 
 async def test_history_selects_by_time_range(api: Api) -> None:
@@ -382,7 +386,16 @@ async def test_history_selects_by_time_range(api: Api) -> None:
 
 
 @pytest.mark.parametrize(
-    "query", ["start_seq=two", "limit=0", "limit=-3", "end_seq=-1", "since=nan", "until=later"]
+    "query",
+    [
+        "start_seq=two",
+        "limit=0",
+        "limit=-3",
+        "end_seq=-1",
+        "since=nan",
+        "until=later",
+        "tail=maybe",
+    ],
 )
 async def test_history_with_a_bad_query_is_invalid_input(api: Api, query: str) -> None:
     await api.create("log")

@@ -129,7 +129,7 @@ async def test_duplicate_publish_id_answers_duplicate_with_the_same_seq(
     assert first.get("duplicate", False) is False
     assert again["duplicate"] is True
     assert (again["seq"], again["message_id"]) == (first["seq"], first["message_id"])
-    chat = [m.body for m in server.hub.channels.history("fleet") if m.kind != "system"]
+    chat = [m.body for m in await server.hub.channels.history("fleet") if m.kind != "system"]
     assert chat == ["once"]
 
 
@@ -145,7 +145,7 @@ async def test_a_publish_retried_on_a_new_connection_is_a_duplicate(
     again = await agent.publish("fleet", "once", id="retry-me")
     assert again["duplicate"] is True
     assert (again["seq"], again["message_id"]) == (first["seq"], first["message_id"])
-    chat = [m.body for m in server.hub.channels.history("fleet") if m.kind != "system"]
+    chat = [m.body for m in await server.hub.channels.history("fleet") if m.kind != "system"]
     assert chat == ["once"]
 
 

@@ -174,11 +174,11 @@ def _run_once(db: Path, run: int, rng: random.Random, ledger: Ledger, stderr_pat
             worker.close()
 
 
-def _history(hub: Hub) -> list[Message]:
+async def _history(hub: Hub) -> list[Message]:
     out: list[Message] = []
     start = 1
     while True:
-        page = hub.channels.history(CHANNEL, start_seq=start, limit=1000)
+        page = await hub.channels.history(CHANNEL, start_seq=start, limit=1000)
         if not page:
             return out
         out.extend(page)
@@ -208,7 +208,7 @@ async def _verify(db: Path, ledger: Ledger, seed: int) -> str:
         for member in MEMBERS:
             assert CHANNEL in hub.channels.memberships(member), tag
 
-        history = _history(hub)
+        history = await _history(hub)
         by_id = {m.id: m for m in history}
         seqs = [m.seq for m in history]
         assert len(by_id) == len(history), f"an id appears twice in the history {tag}"
@@ -227,7 +227,7 @@ async def _verify(db: Path, ledger: Ledger, seed: int) -> str:
         ]
         assert not moved, f"messages changed seq (id, reported, stored): {moved[:5]} {tag}"
 
-        dead = {(d.member, d.message.id) for d in hub.dead_letters(limit=100_000)}
+        dead = {(d.member, d.message.id) for d in await hub.dead_letters(limit=100_000)}
 
         # (2) every message a member never acked comes again, with the same id.
         # A member is owed what came after it joined. The hub posts "agent X joined" just

@@ -86,7 +86,7 @@ async def test_blocking_channel_makes_the_publisher_wait_then_raise(
             await pending
         assert err.value.code == "backpressure"
         assert err.value.details["member"] == "stalled"
-        assert [m.body for m in hub.channels.history("orders")] == [0, 1, 2]
+        assert [m.body for m in await hub.channels.history("orders")] == [0, 1, 2]
 
 
 async def test_blocking_channel_publisher_resumes_when_the_member_acks(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from fleetchat import (
     HubSettings,
     InvalidIdError,
     InvalidInputError,
+    Message,
     MessageTooLargeError,
 )
 from fleetchat.testing import FakeClock
@@ -41,14 +43,14 @@ async def test_subscribing_to_a_missing_channel_creates_it(hub: Hub) -> None:
 async def test_joining_announces_agent_x_joined(hub: Hub) -> None:
     await hub.channels.create("cell")
     await hub.subscribe("r1", "cell")
-    (msg,) = hub.channels.history("cell")
+    (msg,) = await hub.channels.history("cell")
     assert (msg.kind, msg.sender, msg.body["text"]) == ("system", "$hub", "agent r1 joined")
 
 
 async def test_leaving_announces_agent_x_left(hub: Hub) -> None:
     await hub.subscribe("r1", "cell")
     assert await hub.unsubscribe("r1", "cell")
-    assert hub.channels.history("cell")[-1].body["text"] == "agent r1 left"
+    assert (await hub.channels.history("cell"))[-1].body["text"] == "agent r1 left"
     assert hub.channels.members("cell") == []
     assert not await hub.unsubscribe("r1", "cell")
 
@@ -56,13 +58,13 @@ async def test_leaving_announces_agent_x_left(hub: Hub) -> None:
 async def test_a_broadcast_channel_can_switch_announcements_off(hub: Hub) -> None:
     await hub.channels.create("all-hands", type="broadcast", announce=False)
     await hub.subscribe("r1", "all-hands")
-    assert hub.channels.history("all-hands") == []
+    assert await hub.channels.history("all-hands") == []
 
 
 async def test_joining_twice_is_a_no_op(hub: Hub) -> None:
     assert await hub.channels.join("cell", "r1")
     assert not await hub.channels.join("cell", "r1")
-    assert len(hub.channels.history("cell")) == 1
+    assert len(await hub.channels.history("cell")) == 1
 
 
 async def test_list_hides_system_channels_unless_asked(hub: Hub) -> None:
@@ -76,8 +78,8 @@ async def test_history_by_sequence_range(hub: Hub) -> None:
     await hub.channels.create("log", announce=False)
     for i in range(10):
         await hub.publish("log", i, sender="r1")
-    assert [m.body for m in hub.channels.history("log", start_seq=3, end_seq=5)] == [2, 3, 4]
-    assert [m.body for m in hub.channels.history("log", start_seq=8, limit=1)] == [7]
+    assert [m.body for m in await hub.channels.history("log", start_seq=3, end_seq=5)] == [2, 3, 4]
+    assert [m.body for m in await hub.channels.history("log", start_seq=8, limit=1)] == [7]
 
 
 async def test_history_by_time_range(hub: Hub, clock: FakeClock) -> None:
@@ -86,16 +88,99 @@ async def test_history_by_time_range(hub: Hub, clock: FakeClock) -> None:
     for i in range(5):
         await hub.publish("log", i, sender="r1")
         await clock.advance(10)
-    got = hub.channels.history("log", since=start + 10, until=start + 30)
+    got = await hub.channels.history("log", since=start + 10, until=start + 30)
     assert [m.body for m in got] == [1, 2, 3]
 
 
 async def test_history_rejects_a_bad_limit(hub: Hub) -> None:
     await hub.channels.create("log")
     with pytest.raises(InvalidInputError):
-        hub.channels.history("log", limit=0)
+        await hub.channels.history("log", limit=0)
     with pytest.raises(InvalidInputError):
-        hub.channels.history("log", start_seq=-1)
+        await hub.channels.history("log", start_seq=-1)
+
+
+async def test_history_tail_gives_the_newest_messages_oldest_first(hub: Hub) -> None:
+    await hub.channels.create("log", announce=False)
+    for i in range(10):
+        await hub.publish("log", i, sender="r1")
+
+    async def tail(**query: int) -> list[object]:
+        return [m.body for m in await hub.channels.history("log", tail=True, **query)]
+
+    assert await tail(limit=3) == [7, 8, 9]
+    assert await tail(limit=3, end_seq=5) == [2, 3, 4]
+    assert await tail(limit=3, start_seq=9) == [8, 9]
+    assert await tail(limit=3, start_seq=4, end_seq=5) == [3, 4]
+    assert await tail(limit=50) == list(range(10))
+    assert await tail(start_seq=11) == []
+    assert await tail(end_seq=0) == []
+    assert [m.body for m in await hub.channels.history("log", limit=3)] == [0, 1, 2]
+
+
+async def test_history_tail_with_a_time_range(hub: Hub, clock: FakeClock) -> None:
+    await hub.channels.create("log", announce=False)
+    start = clock.time()
+    for i in range(40):
+        await hub.publish("log", i, sender="r1")
+        await clock.advance(10)
+
+    async def tail(limit: int, **times: float) -> list[object]:
+        got = await hub.channels.history("log", limit=limit, tail=True, **times)
+        return [m.body for m in got]
+
+    # The matches are far from the newest seq: the walk back takes several windows.
+    assert await tail(2, until=start + 30) == [2, 3]
+    assert await tail(2, since=start + 300) == [38, 39]
+    assert await tail(3, since=start + 10, until=start + 50) == [3, 4, 5]
+    assert await tail(10, since=start + 10, until=start + 30) == [1, 2, 3]
+    assert await tail(5, since=start + 1000) == []
+    assert await tail(5, until=start - 1) == []
+
+
+async def test_history_tail_starts_at_the_oldest_message_kept(hub: Hub) -> None:
+    await hub.channels.create("c", retention_count=3, announce=False)
+    for i in range(10):
+        await hub.publish("c", i, sender="r1")
+    await hub.bus.sweep()
+    assert [m.body for m in await hub.channels.history("c", limit=5, tail=True)] == [7, 8, 9]
+    await hub.channels.create("empty", announce=False)
+    assert await hub.channels.history("empty", tail=True) == []
+
+
+async def test_history_tail_of_an_ephemeral_channel(hub: Hub) -> None:
+    await hub.channels.create("t", ephemeral=True, retention_count=5, announce=False)
+    for i in range(10):
+        await hub.publish("t", i, sender="r1")
+    assert [m.body for m in await hub.channels.history("t", limit=2, tail=True)] == [8, 9]
+
+
+async def test_history_tail_reads_about_limit_messages_of_a_long_channel(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await hub.channels.create("long", announce=False)
+    for i in range(2000):
+        await hub.publish("long", i, sender="r1")
+    log = hub.bus._log
+    read: list[int] = []
+    real = log.history
+
+    def counting(*args: Any, **kwargs: Any) -> list[Message]:
+        got = real(*args, **kwargs)
+        read.append(len(got))
+        return got
+
+    monkeypatch.setattr(log, "history", counting)
+    got = await hub.channels.history("long", limit=100, tail=True)
+    assert [m.seq for m in got] == list(range(1901, 2001))
+    assert read == [100]
+
+
+async def test_history_rejects_a_tail_that_is_not_a_bool(hub: Hub) -> None:
+    await hub.channels.create("log")
+    with pytest.raises(InvalidInputError) as err:
+        await hub.channels.history("log", tail="yes")  # type: ignore[arg-type]
+    assert err.value.details["field"] == "tail"
 
 
 async def test_last_activity_and_seq_follow_publishes(hub: Hub, clock: FakeClock) -> None:
@@ -134,10 +219,10 @@ async def test_ephemeral_channel_keeps_history_in_memory_only(tmp_path: Path) ->
         sub = await hub.subscribe("r1", "telemetry")
         await hub.publish("telemetry", {"x": 1}, sender="r2")
         assert (await sub.next(timeout=0)).body == {"x": 1}
-        assert len(hub.channels.history("telemetry")) == 1
+        assert len(await hub.channels.history("telemetry")) == 1
     async with Hub.open(url) as hub:
         assert hub.channels.get("telemetry").ephemeral
-        assert hub.channels.history("telemetry") == []
+        assert await hub.channels.history("telemetry") == []
         assert hub.channels.members("telemetry") == ["r1"]
 
 
@@ -145,7 +230,7 @@ async def test_ephemeral_channel_keeps_at_most_its_retention_count(hub: Hub) -> 
     await hub.channels.create("t", ephemeral=True, retention_count=3, announce=False)
     for i in range(10):
         await hub.publish("t", i, sender="r1")
-    assert [m.body for m in hub.channels.history("t")] == [7, 8, 9]
+    assert [m.body for m in await hub.channels.history("t")] == [7, 8, 9]
 
 
 async def test_retention_sweep_trims_durable_history_by_count(hub: Hub) -> None:
@@ -153,7 +238,7 @@ async def test_retention_sweep_trims_durable_history_by_count(hub: Hub) -> None:
     for i in range(10):
         await hub.publish("c", i, sender="r1")
     await hub.bus.sweep()
-    assert [m.body for m in hub.channels.history("c")] == [7, 8, 9]
+    assert [m.body for m in await hub.channels.history("c")] == [7, 8, 9]
 
 
 async def test_retention_sweep_trims_by_age(hub: Hub, clock: FakeClock) -> None:
@@ -162,7 +247,7 @@ async def test_retention_sweep_trims_by_age(hub: Hub, clock: FakeClock) -> None:
     await clock.advance(120)
     await hub.publish("c", "new", sender="r1")
     await hub.bus.sweep()
-    assert [m.body for m in hub.channels.history("c")] == ["new"]
+    assert [m.body for m in await hub.channels.history("c")] == ["new"]
 
 
 async def test_delete_removes_channel_history_and_memberships(hub: Hub) -> None:
@@ -200,7 +285,7 @@ async def test_invalid_sender_is_rejected_and_nothing_written(hub: Hub) -> None:
     await hub.channels.create("c", announce=False)
     with pytest.raises(InvalidIdError):
         await hub.publish("c", "x", sender="$hub")
-    assert hub.channels.history("c") == []
+    assert await hub.channels.history("c") == []
 
 
 async def test_only_listed_writers_may_post(hub: Hub) -> None:
@@ -209,7 +294,7 @@ async def test_only_listed_writers_may_post(hub: Hub) -> None:
     with pytest.raises(ForbiddenError) as err:
         await hub.publish("orders", "sneaky", sender="r1")
     assert err.value.code == "forbidden"
-    assert [m.body for m in hub.channels.history("orders")] == ["go"]
+    assert [m.body for m in await hub.channels.history("orders")] == ["go"]
 
 
 async def test_nobody_posts_in_the_dead_letter_channel(hub: Hub) -> None:
@@ -227,7 +312,7 @@ async def test_oversized_body_is_message_too_large_and_nothing_written(
             await hub.publish("c", "x" * 200, sender="r1")
         assert err.value.code == "message_too_large"
         assert err.value.details["limit"] == 100
-        assert hub.channels.history("c") == []
+        assert await hub.channels.history("c") == []
 
 
 @pytest.mark.parametrize(
@@ -248,7 +333,7 @@ async def test_wrong_field_values_are_invalid_input(
     with pytest.raises(InvalidInputError) as err:
         await hub.publish("c", "x", sender="r1", **kwargs)  # type: ignore[arg-type]
     assert err.value.details["field"] == field
-    assert hub.channels.history("c") == []
+    assert await hub.channels.history("c") == []
 
 
 async def test_a_body_that_is_not_json_is_invalid_input(hub: Hub) -> None:

@@ -104,7 +104,7 @@ async def test_delivery_goes_to_dead_letters_after_the_attempt_budget(
     assert attempts == 3
     assert await sub.fetch(timeout=0) is None
     await _wait_for_dead_letters(hub, 1)
-    (letter,) = hub.dead_letters()
+    (letter,) = await hub.dead_letters()
     assert (letter.member, letter.message.id, letter.reason, letter.attempts) == (
         "silent",
         msg.id,
@@ -119,7 +119,10 @@ async def test_delivery_goes_to_dead_letters_after_the_attempt_budget(
 async def _wait_for_dead_letters(hub: Hub, n: int) -> None:
     from fleetchat.testing import assert_eventually
 
-    await assert_eventually(lambda: len(hub.dead_letters()) >= n)
+    async def enough() -> bool:
+        return len(await hub.dead_letters()) >= n
+
+    await assert_eventually(enough)
 
 
 async def test_nack_retries_after_the_backoff(retry_hub: Hub, clock: FakeClock) -> None:
@@ -142,7 +145,7 @@ async def test_nack_with_dead_letter_skips_the_retries(hub: Hub) -> None:
     d = await sub.next(timeout=0)
     await d.nack(dead_letter=True)
     await _wait_for_dead_letters(hub, 1)
-    assert hub.dead_letters()[0].reason == "rejected"
+    assert (await hub.dead_letters())[0].reason == "rejected"
 
 
 async def test_ack_timeout_and_attempts_can_differ_per_priority(
@@ -305,3 +308,24 @@ async def test_iteration_stops_when_the_hub_closes(backend_url: str, clock: Fake
 def test_settings_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         HubSettings().url = "memory://"  # type: ignore[misc]
+
+
+async def test_dead_letters_are_the_newest_ones_oldest_first(hub: Hub) -> None:
+    await hub.channels.create("c", announce=False)
+    sub = await hub.subscribe("arm", "c")
+    for i in range(5):
+        await hub.publish("c", i, sender="boss")
+        await (await sub.next(timeout=0)).nack(dead_letter=True)
+    await _wait_for_dead_letters(hub, 5)
+    assert [d.message.body for d in await hub.dead_letters(limit=2)] == [3, 4]
+    assert await hub.dead_letters(limit=0) == []
+    entries = await hub.dead_letter_entries(limit=3)
+    assert [(seq, d.message.body) for seq, d in entries] == [(3, 2), (4, 3), (5, 4)]
+    assert await hub.bus.purge("$dlq") == 5
+    assert await hub.dead_letters() == []
+    await hub.publish("c", "after", sender="boss")
+    await (await sub.next(timeout=0)).nack(dead_letter=True)
+    await _wait_for_dead_letters(hub, 1)
+    assert await hub.dead_letter_entries(limit=10) == [
+        (6, (await hub.dead_letters())[0]),
+    ]

@@ -207,4 +207,4 @@ async def test_publishers_over_the_write_backlog_wait_their_turn(tmp_path: Path)
             asyncio.gather(*[hub.publish("c", i, sender="boss") for i in range(40)]), 10
         )
         assert sorted(m.seq for m in sent) == list(range(1, 41))
-        assert len(hub.channels.history("c")) == 40
+        assert len(await hub.channels.history("c")) == 40

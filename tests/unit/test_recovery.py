@@ -114,7 +114,7 @@ async def test_deleting_an_ephemeral_channel_drops_its_ring(hub: Hub) -> None:
     await hub.publish("t", 1, sender="sensor")
     await hub.channels.delete("t")
     await hub.channels.create("t", ephemeral=True, announce=False)
-    assert hub.channels.history("t") == []
+    assert await hub.channels.history("t") == []
 
 
 async def test_dead_letters_survive_a_restart(tmp_path: Path) -> None:
@@ -125,9 +125,9 @@ async def test_dead_letters_survive_a_restart(tmp_path: Path) -> None:
         await (await sub.next(timeout=0)).nack(dead_letter=True)
         from fleetchat.testing import assert_eventually
 
-        await assert_eventually(lambda: hub.dead_letters())
+        await assert_eventually(hub.dead_letters)
     async with Hub.open(_url(tmp_path)) as hub:
-        (letter,) = hub.dead_letters()
+        (letter,) = await hub.dead_letters()
         assert letter.message.id == msg.id
         assert await (await hub.subscribe("arm")).fetch(timeout=0) is None
 
@@ -141,7 +141,7 @@ async def test_seqs_never_rewind_after_retention_empties_a_channel(tmp_path: Pat
             await hub.publish("c", i, sender="boss")
         await clock.advance(60)
         await hub.bus.sweep()
-        assert hub.channels.history("c") == []
+        assert await hub.channels.history("c") == []
     async with Hub(settings, clock=clock) as hub:
         msg = await hub.publish("c", "next", sender="boss")
         assert msg.seq == 4
@@ -180,13 +180,16 @@ async def test_an_undeliverable_dead_letter_is_not_dead_lettered_again(
     await (await arm.next(timeout=0)).nack(dead_letter=True)
     from fleetchat.testing import assert_eventually
 
-    await assert_eventually(lambda: len(hub.dead_letters()) == 1)
+    async def one_letter() -> bool:
+        return len(await hub.dead_letters()) == 1
+
+    await assert_eventually(one_letter)
     for _ in range(3):
         await (await watcher.next(timeout=0)).nack(dead_letter=True)
         await clock.advance(10)
         if await watcher.fetch(timeout=0) is None:
             break
-    assert len(hub.dead_letters()) == 1
+    assert len(await hub.dead_letters()) == 1
 
 
 async def test_a_request_reaches_a_registered_agent_without_an_inbox_yet(

@@ -102,7 +102,7 @@ async def test_requests_are_never_stored(hub: Hub) -> None:
     await hub.channels.create("helpers", announce=False)
     task = _respond(await hub.subscribe("h1", "helpers"), 1)
     await hub.request("helpers", "q", sender="planner", timeout=1)
-    assert hub.channels.history("helpers") == []
+    assert await hub.channels.history("helpers") == []
     task.cancel()
 
 

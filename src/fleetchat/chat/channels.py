@@ -220,7 +220,7 @@ class ChannelRegistry:
             self._settings.publish_timeout,
         )
 
-    def history(
+    async def history(
         self,
         name: str,
         *,
@@ -229,11 +229,14 @@ class ChannelRegistry:
         since: float | None = None,
         until: float | None = None,
         limit: int | None = None,
+        tail: bool = False,
     ) -> builtins.list[Message]:
         """Messages of ``name``, oldest first, by seq range and/or time range (epoch seconds).
 
         Ephemeral channels answer from memory; at most ``limit`` (default and cap:
-        ``ChatSettings.history_limit``) messages.
+        ``ChatSettings.history_limit``) messages: the oldest that match, or with ``tail=True``
+        the newest that match (still oldest first), e.g. ``history(name, limit=20, tail=True)``
+        for the last 20 messages.
         """
         self.get(name)
         cap = self._settings.history_limit
@@ -244,11 +247,14 @@ class ChannelRegistry:
         for field, value in (("start_seq", start_seq), ("end_seq", end_seq), ("limit", limit)):
             if value is not None and (not isinstance(value, int) or not 0 <= value < 2**63):
                 raise InvalidInputError(f"{field} must be an integer in 0..2^63-1", field=field)
-        return self._bus.history(
+        if not isinstance(tail, bool):
+            raise InvalidInputError("tail must be true or false", field="tail")
+        return await self._bus.history(
             name,
             start_seq=start_seq,
             end_seq=end_seq,
             since=since,
             until=until,
             limit=min(limit, cap),
+            tail=tail,
         )

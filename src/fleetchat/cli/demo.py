@@ -117,7 +117,7 @@ async def _run(hub: Hub, seconds: float, n_agents: int) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await t
     events.close()
-    _report(hub)
+    await _report(hub)
 
 
 async def _robot(
@@ -211,7 +211,7 @@ async def _watch_events(events: object, stop: asyncio.Event) -> None:
             console.print(f"[yellow]registry[/yellow]: {event.agent_id} is {event.kind}")
 
 
-def _report(hub: Hub) -> None:
+async def _report(hub: Hub) -> None:
     s = hub.metrics.snapshot()
     table = Table(title="delivery metrics")
     table.add_column("metric")
@@ -242,7 +242,7 @@ def _report(hub: Hub) -> None:
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
-    letters = hub.dead_letters(limit=1000)
+    letters = await hub.dead_letters(limit=1000)
     by_member: dict[str, int] = {}
     for letter in letters:
         by_member[letter.member] = by_member.get(letter.member, 0) + 1

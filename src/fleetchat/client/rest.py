@@ -169,14 +169,17 @@ class HubClient:
         since: float | None = None,
         until: float | None = None,
         limit: int | None = None,
+        tail: bool = False,
     ) -> list[Message]:
-        """Messages of a channel by seq range or time range, oldest first."""
+        """Messages of a channel by seq range or time range, oldest first: the oldest ``limit``
+        that match, or with ``tail=True`` the newest ``limit`` that match."""
         params = {
             "start_seq": start_seq,
             "end_seq": end_seq,
             "since": since,
             "until": until,
             "limit": limit,
+            "tail": tail or None,
         }
         out = await self._call(
             "GET", f"/v1/channels/{_q(name)}/history", s.MessageList, params=params

@@ -52,7 +52,7 @@ _json = msgspec.json.Encoder()
 @dataclass(frozen=True)
 class Param:
     name: str
-    type: Literal["string", "integer", "number"]
+    type: Literal["string", "integer", "number", "boolean"]
     description: str
 
 
@@ -89,6 +89,15 @@ class Ctx:
     def query_float(self, name: str) -> float | None:
         value: float | None = _number(self.request.query.get(name), name, float)
         return value
+
+    def query_bool(self, name: str) -> bool:
+        """A boolean query parameter: true/false (also 1/0, yes/no); absent or empty: false."""
+        raw = self.request.query.get(name, "").lower()
+        if raw in ("", "false", "0", "no"):
+            return False
+        if raw in ("true", "1", "yes"):
+            return True
+        raise InvalidInputError(f"query parameter {name} must be true or false", field=name)
 
     def acting_as(self, agent_id: str | None) -> str:
         """The agent a write acts as: the caller's own id when authenticated."""
@@ -149,13 +158,14 @@ async def delete_channel(ctx: Ctx) -> None:
 
 async def history(ctx: Ctx) -> s.MessageList:
     return s.MessageList(
-        messages=ctx.hub.channels.history(
+        messages=await ctx.hub.channels.history(
             ctx.path("name"),
             start_seq=ctx.query_int("start_seq"),
             end_seq=ctx.query_int("end_seq"),
             since=ctx.query_float("since"),
             until=ctx.query_float("until"),
             limit=ctx.query_int("limit"),
+            tail=ctx.query_bool("tail"),
         )
     )
 
@@ -215,10 +225,10 @@ async def metrics(ctx: Ctx) -> s.MetricsSnapshot:
     return ctx.hub.metrics.snapshot()
 
 
-def _dead_letters(hub: Hub, limit: int) -> list[s.DeadLetterEntry]:
+async def _dead_letters(hub: Hub, limit: int) -> list[s.DeadLetterEntry]:
     return [
         s.DeadLetterEntry(seq=seq, letter=letter)
-        for seq, letter in hub.dead_letter_entries(limit=limit)
+        for seq, letter in await hub.dead_letter_entries(limit=limit)
     ]
 
 
@@ -228,13 +238,13 @@ async def list_dead_letters(ctx: Ctx) -> s.DeadLetterList:
         limit = 100
     if limit < 1:
         raise InvalidInputError("limit must be a positive integer", field="limit")
-    return s.DeadLetterList(dead_letters=_dead_letters(ctx.hub, min(limit, 1000)))
+    return s.DeadLetterList(dead_letters=await _dead_letters(ctx.hub, min(limit, 1000)))
 
 
 async def replay_dead_letters(ctx: Ctx) -> s.Count:
     """Send each chosen dead letter's message again, to the member that failed it."""
     b: s.Replay = ctx.body
-    entries = _dead_letters(ctx.hub, 1000)
+    entries = await _dead_letters(ctx.hub, 1000)
     if b.seqs is not None:
         wanted = set(b.seqs)
         entries = [e for e in entries if e.seq in wanted]
@@ -274,6 +284,7 @@ _SEQ_QUERY = (
     Param("since", "number", "earliest created_at, epoch seconds"),
     Param("until", "number", "latest created_at, epoch seconds"),
     Param("limit", "integer", "most messages returned (default and cap 1000)"),
+    Param("tail", "boolean", "true for the newest limit messages that match (still oldest first)"),
 )
 
 ROUTES: tuple[Route, ...] = (
