@@ -85,6 +85,26 @@ class NatsMember:
         ]
         self.ready = True
         self.pull_soon()
+        bus.spawn(self._watch_orphans())
+
+    async def _watch_orphans(self) -> None:
+        """Deliveries a node that went away left unacked come back when their ack timeout
+        runs out, with no message on the wake-up subject: while JetStream counts more of this
+        member's deliveries unacked than this node holds, look again now and then."""
+        bus = self.bus
+        js = bus.nc.jetstream()
+        stream = bus.layout.inbox_stream
+        names = [bus.layout.lane_consumer(self.id, rank) for rank in range(LANES)]
+        interval = min(q.ack_timeout for q in bus.settings.qos.values()) / 4
+        try:
+            while self.ready:
+                infos = [await js.consumer_info(stream, name) for name in names]
+                if sum(i.num_ack_pending for i in infos) <= len(self.held):
+                    return
+                await asyncio.sleep(min(interval, 1.0))
+                self.pull_soon()
+        except Exception:
+            log.debug("watching for orphaned deliveries stopped", exc_info=True)
 
     async def release(self) -> None:
         """The last consumer left: hand back what is held, stop listening."""

@@ -134,7 +134,8 @@ class NatsServer:
 
 
 class PostgresServer:
-    """A throwaway PostgreSQL cluster in ``data_dir`` on a free port (trust auth, fsync off)."""
+    """A throwaway PostgreSQL cluster in ``data_dir`` on a free port (trust auth). fsync is off
+    (an OS crash may lose data; a killed server loses nothing committed: commits are synchronous)."""
 
     def __init__(self, base_dir: Path, *, port: int | None = None) -> None:
         bindir = find_postgres_bindir()
@@ -207,7 +208,7 @@ class PostgresServer:
             self._init()
         opts = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base_dir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            "-c fsync=off -c full_page_writes=off -c max_connections=200"
         )
         subprocess.run(
             self._cmd(
