@@ -81,7 +81,7 @@ async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float) -> floa
     """Seconds until ``check()`` holds (fails after ``timeout``)."""
     t0 = time.monotonic()
     async with asyncio.timeout(timeout):
-        while not await check():
+        while not await check():  # noqa: ASYNC110 - polling another process
             await asyncio.sleep(0.05)
     return time.monotonic() - t0
 

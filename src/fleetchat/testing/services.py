@@ -134,8 +134,10 @@ class NatsServer:
 
 
 class PostgresServer:
-    """A throwaway PostgreSQL cluster in ``data_dir`` on a free port (trust auth). fsync is off
-    (an OS crash may lose data; a killed server loses nothing committed: commits are synchronous)."""
+    """A throwaway PostgreSQL cluster in ``data_dir`` on a free port (trust auth).
+
+    fsync is off (an OS crash may lose data); commits stay synchronous, so a killed or
+    restarted server loses nothing committed."""
 
     def __init__(self, base_dir: Path, *, port: int | None = None) -> None:
         bindir = find_postgres_bindir()
