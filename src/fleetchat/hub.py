@@ -13,8 +13,8 @@ from urllib.parse import urlparse
 import msgspec
 
 from fleetchat.backends.local_bus import DLQ_CHANNEL, LocalBus
-from fleetchat.backends.memory import MemoryLog, MemoryStore
 from fleetchat.backends.local_coord import LocalCoordinator
+from fleetchat.backends.memory import MemoryLog, MemoryStore
 from fleetchat.backends.ports import Bus, ChannelLog, Coordinator, Store
 from fleetchat.backends.sqlite import SqliteDatabase, SqliteLog
 from fleetchat.backends.sqlite_store import SqliteStore

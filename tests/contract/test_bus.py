@@ -102,7 +102,7 @@ async def test_nack_retries_with_attempts_then_dead_letters(hub: Hub) -> None:
                 await d.nack()
     assert attempts == [1, 2, 3]
     async with asyncio.timeout(5):
-        while not (letters := await hub.dead_letters()):
+        while not (letters := await hub.dead_letters()):  # noqa: ASYNC110 - polling
             await asyncio.sleep(0.05)
     assert letters[0].message.id == sent.id
     assert letters[0].member == "r"

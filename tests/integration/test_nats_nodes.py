@@ -34,7 +34,7 @@ async def nodes(nats_server: NatsServer) -> AsyncIterator[list[Hub]]:
 
 async def _until(check: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
-        while not check():
+        while not check():  # noqa: ASYNC110 - polling state another task changes
             await asyncio.sleep(0.02)
 
 
