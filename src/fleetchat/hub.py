@@ -28,6 +28,7 @@ from fleetchat.config import HubSettings
 from fleetchat.errors import ClosedError, ConfigError
 from fleetchat.models import DeadLetter, Message
 from fleetchat.registry.agents import AgentRegistry
+from fleetchat.registry.sync import RegistrySync
 from fleetchat.types import Clock, Priority, SystemClock, check_agent_id
 
 __all__ = ["Hub", "parse_url"]
@@ -143,6 +144,13 @@ class Hub:
         self._leader_tasks: set[asyncio.Task[None]] = set()
         self.channels = ChannelRegistry(self.bus, self.clock, chat)
         self.registry = AgentRegistry(store, self.clock, self.settings.registry)
+        self._registry_sync = (
+            RegistrySync(
+                self.registry, self.bus, self.clock, self.settings.registry.heartbeat_interval
+            )
+            if kind == "nats"
+            else None
+        )
         self._publisher = Publisher(self.bus, self.channels, self.clock, chat)
         self.requests = RequestRouter(self.bus, self.channels, self.clock, chat, self.metrics)
         self._state: Literal["new", "open", "closed"] = "new"
@@ -173,6 +181,8 @@ class Hub:
         await self.bus.start()
         await self.coordinator.start()
         await self.registry.start()
+        if self._registry_sync is not None:
+            self._registry_sync.start()
         self._state = "open"
         log.info("hub started", extra={"url": self.settings.url})
 
@@ -182,6 +192,8 @@ class Hub:
         self._state = "closed"
         self.requests.close()
         self._receipts.close()
+        if self._registry_sync is not None:
+            await self._registry_sync.close()
         await self.registry.close()
         await self.coordinator.close()
         for task in list(self._leader_tasks):

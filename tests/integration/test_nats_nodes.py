@@ -103,3 +103,16 @@ async def test_an_agent_moving_nodes_gets_what_it_left_unacked(nodes: list[Hub])
     assert [m.id for m in again.messages] == [sent.id]
     await again.ack()
     assert await on_b.fetch(timeout=0.5) is None
+
+
+async def test_the_registry_is_the_same_on_every_node(nodes: list[Hub]) -> None:
+    a, b = nodes
+    await a.registry.register("welder-1", capabilities={"weld": 0.9}, capacity=2)
+    await _until(lambda: "welder-1" in b.registry)
+    assert [m.agent.id for m in b.registry.find_best_agents({"weld": 1.0})] == ["welder-1"]
+    a.registry.mark_offline("welder-1")
+    await _until(lambda: b.registry.status("welder-1") == "offline")
+    a.registry.heartbeat("welder-1")  # back, on node a: node b hears of it
+    await _until(lambda: b.registry.status("welder-1") == "available")
+    await b.registry.deregister("welder-1")
+    await _until(lambda: "welder-1" not in a.registry)

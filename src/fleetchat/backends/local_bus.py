@@ -342,6 +342,12 @@ class LocalBus(Consuming):
     def route_reply(self, request: Message, reply: Message) -> bool:
         return False  # one process: every request was made here
 
+    def broadcast(self, topic: str, data: bytes) -> None:
+        return None  # one node: nobody else to tell
+
+    def on_broadcast(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        return None
+
     def send_transient(self, message: Message, members: Sequence[str]) -> int:
         """Queue a request or reply (never stored, never retried) to ``members``."""
         rank = PRIORITY_RANK[message.priority]

@@ -93,6 +93,7 @@ class NatsBus:
         self.node_id = new_id()
         self._reply_subject = f"{self.layout.prefix}.rep.{self.node_id}"
         self.on_reply: Callable[[Message], bool] = lambda m: False
+        self._broadcast_handlers: dict[str, Callable[[bytes], None]] = {}
 
     @property
     def nc(self) -> NatsClient:
@@ -150,6 +151,7 @@ class NatsBus:
         await self._load_and_watch()
         await self._nc.subscribe(lay.ephemeral_all, cb=self._on_ephemeral)
         await self._nc.subscribe(self._reply_subject, cb=self._on_routed_reply)
+        await self._nc.subscribe(f"{lay.prefix}.bc.*.*", cb=self._on_broadcast)
         if DLQ_CHANNEL not in self._channels:
             with contextlib.suppress(ChannelExistsError):
                 await self.create_channel(Channel(name=DLQ_CHANNEL, type="system", announce=False))
@@ -452,6 +454,21 @@ class NatsBus:
             return False
         self.reply_soon(subject, _encode(reply))
         return True
+
+    def broadcast(self, topic: str, data: bytes) -> None:
+        self.reply_soon(f"{self.layout.prefix}.bc.{topic}.{self.node_id}", data)
+
+    def on_broadcast(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        self._broadcast_handlers[topic] = handler
+
+    async def _on_broadcast(self, msg: Msg) -> None:
+        _, _, topic, node = msg.subject.rsplit(".", 3)
+        handler = self._broadcast_handlers.get(topic)
+        if node != self.node_id and handler is not None:
+            try:
+                handler(msg.data)
+            except Exception:
+                log.exception("broadcast handler failed", extra={"topic": topic})
 
     async def _on_routed_reply(self, msg: Msg) -> None:
         self.on_reply(_decode_message(msg.data))

@@ -176,6 +176,15 @@ class Bus(Protocol):
     on_reply: Callable[[Message], bool]
     """Set by the request router: takes a reply that another hub node routed here."""
 
+    def broadcast(self, topic: str, data: bytes) -> None:
+        """Send ``data`` to every other node of the hub (nothing, with one node); at most once,
+        in order per sender. For state every node keeps a copy of (the registry)."""
+        ...
+
+    def on_broadcast(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Call ``handler`` with what other nodes broadcast on ``topic``."""
+        ...
+
     def route_reply(self, request: Message, reply: Message) -> bool:
         """Send ``reply`` to the hub node where ``request`` was made, if that is another node
         (distributed buses); False when the request was made here (or there are no others)."""

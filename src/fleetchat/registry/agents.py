@@ -7,7 +7,7 @@ import builtins
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -118,6 +118,10 @@ class AgentRegistry:
         self._agents: dict[str, AgentInfo] = {}
         self._streams: list[EventStream] = []
         self._task: asyncio.Task[None] | None = None
+        # Set by RegistrySync on a hub of several nodes: told every change made here, and
+        # the heartbeats taken here since it last looked.
+        self.on_change: Callable[[str, AgentInfo], None] | None = None
+        self.beats: dict[str, float] | None = None
 
     async def start(self) -> None:
         now = self._clock.time()
@@ -230,6 +234,8 @@ class AgentRegistry:
         if resources is not None:
             agent.resources = {**agent.resources, **_check_resources(resources)}
         agent.last_heartbeat = self._clock.time()
+        if self.beats is not None:
+            self.beats[agent_id] = agent.last_heartbeat
         if not agent.online:
             agent.online = True
             self._emit("online", agent)
@@ -310,12 +316,36 @@ class AgentRegistry:
         self._streams.append(stream)
         return stream
 
-    def _emit(self, kind: str, agent: AgentInfo) -> None:
+    def _emit(self, kind: str, agent: AgentInfo, *, local: bool = True) -> None:
+        if local and self.on_change is not None:
+            self.on_change(kind, agent)
         if not self._streams:
             return
         event = AgentEvent(kind=kind, agent_id=agent.id, at=self._clock.time(), agent=agent)  # type: ignore[arg-type]
         for stream in self._streams:
             stream._put(event)
+
+    # -- changes made on other nodes (RegistrySync) ----------------------------------------
+
+    def apply_remote(self, kind: str, agent: AgentInfo) -> None:
+        """A change another node made (and stored): take it, tell the local event streams."""
+        if kind == "deregistered":
+            if self._agents.pop(agent.id, None) is not None:
+                self._emit(kind, agent, local=False)
+            return
+        self._agents[agent.id] = agent
+        self._emit(kind, agent, local=False)
+
+    def apply_beats(self, beats: Mapping[str, float]) -> None:
+        """Heartbeats other nodes took: agents seen there are alive here too."""
+        for agent_id, at in beats.items():
+            agent = self._agents.get(agent_id)
+            if agent is None or at <= agent.last_heartbeat:
+                continue
+            agent.last_heartbeat = at
+            if not agent.online:
+                agent.online = True
+                self._emit("online", agent, local=False)
 
     def check_liveness(self) -> builtins.list[str]:
         """Mark agents that missed their heartbeats offline; returns their ids."""
