@@ -34,6 +34,8 @@ STABLE_CODES = {
     "RequestTimeoutError": "request_timeout",
     "ClosedError": "closed",
     "BackendError": "backend_error",
+    "BackendUnavailableError": "backend_unavailable",
+    "FencedError": "fenced",
     "UnauthenticatedError": "unauthenticated",
     "RateLimitedError": "rate_limited",
     "HubUnavailableError": "hub_unavailable",
