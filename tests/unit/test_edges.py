@@ -22,12 +22,22 @@ from fleetchat.hub import parse_url
 from fleetchat.testing import FakeClock, assert_eventually
 
 
-@pytest.mark.parametrize(
-    "url", ["sqlite://", "nats://localhost:4222", "redis://x", "postgresql://db"]
-)
+@pytest.mark.parametrize("url", ["sqlite://", "redis://x", "postgresql://db"])
 def test_unusable_backend_urls_are_config_errors(url: str) -> None:
     with pytest.raises(ConfigError):
         parse_url(url)
+
+
+def test_nats_urls_pick_the_distributed_bus() -> None:
+    assert parse_url("nats://localhost:4222") == ("nats", None)
+    assert parse_url("nats://a:4222,nats://b:4222") == ("nats", None)
+
+
+def test_a_store_url_without_the_distributed_bus_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="distributed bus"):
+        Hub(HubSettings(url="memory://", store_url="postgresql://x@db/fleet"))
+    with pytest.raises(ConfigError, match="postgresql://"):
+        Hub(HubSettings(url="nats://localhost:4222", store_url="mysql://db"))
 
 
 def test_sqlite_urls_name_relative_and_absolute_paths() -> None:
