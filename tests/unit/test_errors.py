@@ -36,8 +36,6 @@ STABLE_CODES = {
     "BackendError": "backend_error",
     "BackendUnavailableError": "backend_unavailable",
     "FencedError": "fenced",
-    "BackendUnavailableError": "backend_unavailable",
-    "FencedError": "fenced",
     "UnauthenticatedError": "unauthenticated",
     "RateLimitedError": "rate_limited",
     "HubUnavailableError": "hub_unavailable",
