@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from fleetchat import Hub, HubSettings
+from fleetchat import Hub, HubSettings, Message
+from fleetchat.client import Agent
 from fleetchat.config import ChatSettings, RegistrySettings, ServerSettings
 from fleetchat.server import HubServer
 
@@ -279,3 +280,26 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
 async def server(start_server: StartServer) -> RunningServer:
     """A hub with auth on, on a fresh SQLite file, served on a free port."""
     return await start_server(auth=True)
+
+
+MakeAgent = Callable[..., Agent]
+
+
+@pytest.fixture
+async def agents() -> AsyncIterator[MakeAgent]:
+    """Build agents; every one is closed (without draining) at teardown."""
+    made: list[Agent] = []
+
+    def make(*args: Any, **kwargs: Any) -> Agent:
+        agent = Agent(*args, **kwargs)
+        made.append(agent)
+        return agent
+
+    yield make
+    for agent in made:
+        await agent.close(drain=False)
+
+
+def chats(messages: list[Message]) -> list[Any]:
+    """Bodies of the messages that are not hub announcements."""
+    return [m.body for m in messages if m.kind != "system"]

@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 
 from fleetchat import Message
-from fleetchat.client import Agent, HubClient
+from fleetchat.client import HubClient
 from fleetchat.config import ChatSettings, QosSettings
 from fleetchat.testing import assert_eventually
 from fleetchat.testing.services import NatsServer
 from fleetchat.types import Priority
-from tests.e2e.conftest import RunningServer, StartServer
-from tests.e2e.test_sdk import MakeAgent, agents, chats  # noqa: F401 - the fixture
+from tests.e2e.conftest import MakeAgent, RunningServer, StartServer, chats
 
 pytestmark = pytest.mark.slow
 

@@ -42,9 +42,7 @@ from fleetchat.errors import (
 from fleetchat.server import HubServer
 from fleetchat.testing import assert_eventually
 from fleetchat.types import Priority
-from tests.e2e.conftest import RunningServer, StartServer
-
-MakeAgent = Callable[..., Agent]
+from tests.e2e.conftest import MakeAgent, RunningServer, StartServer
 
 
 def patient_chat() -> ChatSettings:
@@ -56,26 +54,6 @@ def patient_chat() -> ChatSettings:
 async def open_hub(start_server: StartServer) -> RunningServer:
     """A hub with auth off, in memory."""
     return await start_server(auth=False, url="memory://", chat=patient_chat())
-
-
-@pytest.fixture
-async def agents() -> AsyncIterator[MakeAgent]:
-    """Build agents; every one is closed (without draining) at teardown."""
-    made: list[Agent] = []
-
-    def make(*args: Any, **kwargs: Any) -> Agent:
-        agent = Agent(*args, **kwargs)
-        made.append(agent)
-        return agent
-
-    yield make
-    for agent in made:
-        await agent.close(drain=False)
-
-
-def chats(messages: list[Message]) -> list[Any]:
-    """Bodies of the messages that are not hub announcements."""
-    return [m.body for m in messages if m.kind != "system"]
 
 
 async def drop_connections(srv: RunningServer, agent_id: str) -> None:
