@@ -18,7 +18,7 @@ import pytest
 
 from fleetchat import Hub, HubSettings
 from fleetchat.config import ChatSettings, QosSettings
-from fleetchat.errors import ChannelExistsError
+from fleetchat.errors import ChannelExistsError, RequestTimeoutError
 from fleetchat.types import Priority
 
 FAST_QOS = QosSettings(ack_timeout=0.6, max_attempts=3, backoff_base=0.05, backoff_max=0.2)
@@ -196,3 +196,76 @@ async def test_closing_a_subscription_hands_its_deliveries_to_the_next(hub: Hub)
 
 def test_fast_qos_is_what_the_suite_assumes() -> None:
     assert dataclasses.asdict(FAST_QOS)["max_attempts"] == 3
+
+
+async def test_purge_empties_the_history(hub: Hub) -> None:
+    await hub.channels.create("log", announce=False)
+    for i in range(3):
+        await hub.publish("log", i, sender="x")
+    assert await hub.bus.purge("log") == 3
+    assert await hub.channels.history("log") == []
+    await hub.publish("log", "after", sender="x")
+    assert [m.body for m in await hub.channels.history("log")] == ["after"]
+
+
+async def test_deleting_a_channel_removes_it_and_its_members(hub: Hub) -> None:
+    await hub.channels.create("gone", announce=False)
+    await hub.subscribe("a", "gone")
+    await hub.channels.delete("gone")
+    assert hub.bus.channel("gone") is None
+    assert "gone" not in hub.channels.memberships("a")
+
+
+async def test_an_expired_message_is_not_delivered(hub: Hub) -> None:
+    await hub.channels.create("cell", announce=False)
+    sub = await hub.subscribe("r", "cell")
+    await hub.publish("cell", "stale", sender="ctl", expires_in=0.2)
+    await asyncio.sleep(0.5)
+    fresh = await hub.publish("cell", "fresh", sender="ctl")
+    got = await _take(sub, 1)
+    assert [m.id for m in got] == [fresh.id]
+
+
+async def test_a_nack_with_a_delay_waits_that_long(hub: Hub) -> None:
+    await hub.channels.create("cell", announce=False)
+    sub = await hub.subscribe("r", "cell")
+    await hub.publish("cell", "later", sender="ctl")
+    batch = await sub.fetch(timeout=5)
+    assert batch is not None
+    t0 = asyncio.get_running_loop().time()
+    await batch.nack(delay=0.4)
+    again = await sub.fetch(timeout=5)
+    assert again is not None
+    assert asyncio.get_running_loop().time() - t0 >= 0.35
+    assert [d.attempt for d in again] == [2]
+    await again.ack()
+
+
+async def test_history_by_time(hub: Hub) -> None:
+    await hub.channels.create("log", announce=False)
+    first = await hub.publish("log", "old", sender="x")
+    await asyncio.sleep(0.05)
+    second = await hub.publish("log", "new", sender="x")
+    since = await hub.channels.history("log", since=second.created_at)
+    assert [m.id for m in since] == [second.id]
+    until = await hub.channels.history("log", until=first.created_at)
+    assert [m.id for m in until] == [first.id]
+
+
+async def test_resume_settles_what_the_agent_already_processed(hub: Hub) -> None:
+    await hub.channels.create("cell", announce=False)
+    sub = await hub.subscribe("r", "cell")
+    await sub.close()
+    sent = [await hub.publish("cell", i, sender="ctl") for i in range(4)]
+    await asyncio.sleep(0.3)
+    # The agent says (hello resume) it had processed everything through the second.
+    hub.bus.settle_through("r", "cell", sent[1].seq)
+    again = await hub.subscribe("r")
+    got = await _take(again, 2)
+    assert [m.id for m in got] == [m.id for m in sent[2:]]
+
+
+async def test_a_request_to_nobody_listening_times_out(hub: Hub) -> None:
+    await hub.registry.register("ghost")
+    with pytest.raises(RequestTimeoutError):
+        await hub.request("@ghost", "anyone?", sender="asker", timeout=0.3)
