@@ -54,6 +54,7 @@ _decode_message = msgspec.json.Decoder(Message).decode
 _decode_channel = msgspec.json.Decoder(Channel).decode
 _INBOX_MAX_AGE = 7 * 86_400.0  # a backstop: copies for members that never come back
 _DUPLICATE_WINDOW = 120.0
+_FANOUT_BATCH = 256
 _REPLY_HEADER = "fc-reply-to"  # on a request: the subject of the node waiting for its reply
 
 
@@ -78,6 +79,8 @@ class NatsBus:
         self.closed = False
         self._fanout_wanted = fanout
         self._fanout_sub: Any = None
+        self._fanout_done: asyncio.Future[None] | None = None
+        self._fanout_left = 0
         self._nc: NatsClient | None = None
         self._channels: dict[str, Channel] = {}
         self._members: dict[str, set[str]] = {}
@@ -368,14 +371,16 @@ class NatsBus:
         return messages
 
     async def start_fanout(self) -> None:
-        """Run the fan-out on this node (the leader's job; safe to run twice, see above)."""
+        """Run the fan-out on this node (the leader's job; safe to run twice, see above).
+
+        One pull request is kept open on the ``fanout`` consumer (up to 256 messages, expiring
+        after 2 s, then renewed); each message is handled as it arrives, in order."""
         if self._fanout_sub is not None:
             return
-        js = self.nc.jetstream()
-        self._fanout_sub = await js.pull_subscribe_bind(
-            self.layout.fanout_consumer, self.layout.chat_stream
-        )
-        self.spawn(self._fanout_loop(self._fanout_sub))
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=self._on_fanout_message)
+        self._fanout_sub = sub
+        self.spawn(self._fanout_pulls(sub, inbox))
 
     async def stop_fanout(self) -> None:
         sub, self._fanout_sub = self._fanout_sub, None
@@ -383,31 +388,52 @@ class NatsBus:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _fanout_loop(self, sub: Any) -> None:
-        from nats.errors import TimeoutError as NatsTimeout
-
-        js = self.nc.jetstream()
+    async def _fanout_pulls(self, sub: Any, inbox: str) -> None:
+        lay = self.layout
+        subject = lay.next_subject(lay.chat_stream, lay.fanout_consumer)
+        request = json.dumps({"batch": _FANOUT_BATCH, "expires": int(2e9)}).encode()
+        loop = asyncio.get_running_loop()
         while not self.closed and self._fanout_sub is sub:
+            self._fanout_done = loop.create_future()
+            self._fanout_left = _FANOUT_BATCH
             try:
-                msgs = await sub.fetch(256, timeout=1.0)
-            except (NatsTimeout, TimeoutError):
+                await self.nc.publish(subject, request, reply=inbox)
+                async with asyncio.timeout(3.0):
+                    await self._fanout_done
+            except TimeoutError:
                 continue
             except Exception:
                 if self.closed or self._fanout_sub is not sub:
                     return
-                log.warning("fan-out fetch failed; retrying", exc_info=True)
+                log.warning("fan-out pull failed; retrying", exc_info=True)
                 await asyncio.sleep(0.5)
-                continue
-            waits = []
-            for msg in msgs:
-                waits.append((msg, await self._fan_out_one(js, msg)))
-            for msg, futs in waits:
-                try:
-                    await asyncio.gather(*futs)
-                except Exception:
-                    log.warning("fan-out copy failed; will be redelivered", exc_info=True)
-                    continue  # not acked: JetStream redelivers it after ack_wait
-                await msg.ack()
+
+    async def _on_fanout_message(self, msg: Msg) -> None:
+        if msg.headers and "Status" in msg.headers:  # the pull expired or was cut short
+            self._end_fanout_pull()
+            return
+        self._fanout_left -= 1
+        if self._fanout_left <= 0:
+            self._end_fanout_pull()
+        try:
+            copies = await self._fan_out_one(self.nc.jetstream(), msg)
+        except Exception:
+            log.warning("fan-out failed; the message will be redelivered", exc_info=True)
+            return
+        self.spawn(self._ack_when_stored(msg, copies))
+
+    def _end_fanout_pull(self) -> None:
+        done = self._fanout_done
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    async def _ack_when_stored(self, msg: Msg, copies: list[Any]) -> None:
+        try:
+            await asyncio.gather(*copies)
+        except Exception:
+            log.warning("a fan-out copy failed; will be redelivered", exc_info=True)
+            return  # not acked: JetStream redelivers it after its ack wait
+        await msg.ack()
 
     async def _fan_out_one(self, js: Any, msg: Msg) -> list[Any]:
         m = _decode_message(msg.data)
