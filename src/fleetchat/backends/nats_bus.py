@@ -55,6 +55,8 @@ _decode_channel = msgspec.json.Decoder(Channel).decode
 _INBOX_MAX_AGE = 7 * 86_400.0  # a backstop: copies for members that never come back
 _DUPLICATE_WINDOW = 120.0
 _FANOUT_BATCH = 256
+# What a dead leader had taken but not fanned out is taken again after this long.
+_FANOUT_ACK_WAIT = 5.0
 _REPLY_HEADER = "fc-reply-to"  # on a request: the subject of the node waiting for its reply
 
 
@@ -139,7 +141,7 @@ class NatsBus:
                 ConsumerConfig(
                     durable_name=lay.fanout_consumer,
                     ack_policy="explicit",  # type: ignore[arg-type]
-                    ack_wait=30.0,
+                    ack_wait=_FANOUT_ACK_WAIT,
                     max_ack_pending=10_000,
                     filter_subject=lay.chat_all,
                 ),
