@@ -56,6 +56,20 @@ def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None =
     raise ServiceUnavailable(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
+def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Wait until every thread of ``pid`` is stopped (Linux /proc; elsewhere, return)."""
+    tasks = Path(f"/proc/{pid}/task")
+    deadline = time.monotonic() + timeout
+    while tasks.is_dir() and time.monotonic() < deadline:
+        states = []
+        for stat in tasks.glob("*/stat"):
+            with contextlib.suppress(OSError):
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        if states and all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.001)
+
+
 def find_nats_server() -> str | None:
     return shutil.which("nats-server") or next(
         (p for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server") if os.access(p, os.X_OK)),
@@ -119,8 +133,11 @@ class NatsServer:
         self.proc = None
 
     def pause(self) -> None:
+        """SIGSTOP, and wait until the server has stopped (a signal is asynchronous: without the
+        wait, a request sent right after can still be answered)."""
         if self.proc is not None:
             self.proc.send_signal(signal.SIGSTOP)
+            _wait_stopped(self.proc.pid)
 
     def resume(self) -> None:
         if self.proc is not None:
