@@ -140,6 +140,7 @@ async def test_leader_steps_down_when_nats_stops_answering(
             with pytest.raises(BackendUnavailableError) as info:
                 await leader.check_epoch(old)
             assert info.value.code == "backend_unavailable"
+            assert info.value.details["where"] == f"127.0.0.1:{nats_server.port}"
             await asyncio.sleep(1.0)  # several failed rounds: still one warning each
         finally:
             nats_server.resume()

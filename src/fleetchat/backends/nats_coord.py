@@ -114,6 +114,7 @@ class NatsCoordinator:
             margin=margin,
             timeout=timeout,
         )
+        self._where = ""  # the NATS server(s), host:port, for errors
         self._presence: KeyValue | None = None
         self._locks: NatsLocks | None = None
         self._task: asyncio.Task[None] | None = None
@@ -143,9 +144,10 @@ class NatsCoordinator:
             if self._want_per_key_ttl:
                 features.require("per_key_ttl")
             per_key = self._want_per_key_ttl is not False and features.has("per_key_ttl")
+            self._where = ", ".join(f"{u.hostname}:{u.port}" for u in self._nc.servers)
             js = self._nc.jetstream(timeout=self.timeout)  # bounds what a lost cancel costs
             p = self.prefix
-            with backend_errors("open buckets"):
+            with backend_errors("open buckets", self._where):
                 async with asyncio.timeout(self.timeout * 3):
                     elect = await open_bucket(js, f"{p}_elect", self.lease, setting="lease")
                     self._presence = await open_bucket(
@@ -154,9 +156,15 @@ class NatsCoordinator:
                     locks = await open_bucket(
                         js, f"{p}_locks", self.lock_max_ttl, setting="lock_max_ttl"
                     )
-            self._election.kv = elect
+            self._election.kv, self._election.where = elect, self._where
             self._locks = NatsLocks(
-                locks, f"{p}_locks", js, self._clock, self.lock_max_ttl, per_key=per_key
+                locks,
+                f"{p}_locks",
+                js,
+                self._clock,
+                self.lock_max_ttl,
+                per_key=per_key,
+                where=self._where,
             )
         except BaseException:
             if self._url is not None:
@@ -226,14 +234,14 @@ class NatsCoordinator:
 
     async def put_presence(self, key: str, value: bytes) -> None:
         kv = self._need(self._presence)
-        with backend_errors("put presence"):
+        with backend_errors("put presence", self._where):
             async with asyncio.timeout(self.timeout):
                 await kv.put(kv_key(key), value)
 
     async def presence(self) -> dict[str, bytes]:
         kv = self._need(self._presence)
         out: dict[str, bytes] = {}
-        with backend_errors("read presence"):
+        with backend_errors("read presence", self._where):
             async with asyncio.timeout(self.timeout):
                 # One watcher reads every key with its value (keys() then get() would be N+1
                 # round trips, and keys() raises on an empty bucket); a short inactive

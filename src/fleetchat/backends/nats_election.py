@@ -56,6 +56,7 @@ class NatsElection:
     ) -> None:
         self.node_id = node_id
         self.kv: KeyValue | None = None
+        self.where = ""  # the NATS server(s), for errors
         self.closed = False
         self._clock = clock
         self._lease = lease
@@ -88,7 +89,7 @@ class NatsElection:
         """(node, epoch, revision) of the leader entry on the server, or None."""
         if self.kv is None:
             raise ClosedError("the coordinator is not started")
-        with backend_errors("read leader"):
+        with backend_errors("read leader", self.where):
             async with asyncio.timeout(self._timeout):
                 try:
                     entry = await self.kv.get(_KEY)

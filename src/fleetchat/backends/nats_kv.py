@@ -69,9 +69,10 @@ def is_wrong_last(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def backend_errors(what: str) -> Iterator[None]:
+def backend_errors(what: str, where: str) -> Iterator[None]:
     """Map driver errors to ours: unreachable or slow NATS to BackendUnavailableError, other
-    JetStream failures to BackendError. Our own errors pass through."""
+    JetStream failures to BackendError. Our own errors pass through. ``where`` names the
+    server(s) (``host:port``)."""
     try:
         yield
     except (
@@ -84,12 +85,15 @@ def backend_errors(what: str) -> Iterator[None]:
         js_errors.ServiceUnavailableError,
     ) as exc:
         raise BackendUnavailableError(
-            f"NATS did not answer ({what}): {type(exc).__name__} {exc}".rstrip(),
+            f"NATS at {where} did not answer ({what}): {type(exc).__name__} {exc}".rstrip(),
             backend="nats",
+            where=where,
             operation=what,
         ) from exc
     except nats_errors.Error as exc:
-        raise BackendError(f"NATS failed ({what}): {exc}", backend="nats", operation=what) from exc
+        raise BackendError(
+            f"NATS at {where} failed ({what}): {exc}", backend="nats", where=where, operation=what
+        ) from exc
 
 
 async def open_bucket(js: JetStreamContext, bucket: str, ttl: float, *, setting: str) -> KeyValue:

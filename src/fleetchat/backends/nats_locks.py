@@ -65,8 +65,10 @@ class NatsLocks:
         max_ttl: float,
         *,
         per_key: bool,
+        where: str,
     ) -> None:
         self._kv = kv
+        self._where = where
         self._js = js
         self._clock = clock
         self._max_ttl = max_ttl
@@ -113,7 +115,7 @@ class NatsLocks:
 
     async def acquire(self, name: str, owner: str, ttl: float, timeout: float) -> int | None:
         key = kv_key(name)
-        with backend_errors("acquire lock"):
+        with backend_errors("acquire lock", self._where):
             async with asyncio.timeout(timeout):
                 for _ in range(_TRIES):
                     value = self._value(owner, ttl)
@@ -138,7 +140,7 @@ class NatsLocks:
 
     async def renew(self, name: str, token: int, ttl: float, timeout: float) -> int:
         key = kv_key(name)
-        with backend_errors("renew lock"):
+        with backend_errors("renew lock", self._where):
             async with asyncio.timeout(timeout):
                 held = await self._held(key)
                 if held is None or held[1] != token:
@@ -163,7 +165,7 @@ class NatsLocks:
         key = kv_key(name)
         if token <= 0:
             return  # delete(last=0) would not compare at all
-        with backend_errors("release lock"):
+        with backend_errors("release lock", self._where):
             async with asyncio.timeout(timeout):
                 try:
                     await self._kv.delete(key, last=token)
