@@ -42,6 +42,14 @@ async def test_leadership_callbacks_on_start_and_close(clock: FakeClock) -> None
     assert coord.epoch == 0
 
 
+async def test_close_without_start_calls_no_callback(clock: FakeClock) -> None:
+    coord = LocalCoordinator(clock=clock)
+    seen: list[bool] = []
+    coord.on_leadership(lambda leading, epoch: seen.append(leading))
+    await coord.close()
+    assert seen == []
+
+
 async def test_a_failing_callback_does_not_stop_the_others(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -145,7 +145,10 @@ class NatsCoordinator:
                 features.require("per_key_ttl")
             per_key = self._want_per_key_ttl is not False and features.has("per_key_ttl")
             self._where = ", ".join(f"{u.hostname}:{u.port}" for u in self._nc.servers)
-            js = self._nc.jetstream(timeout=self.timeout)  # bounds what a lost cancel costs
+            # nats-py times out on its own a little before our asyncio.timeout, which stays as
+            # the backstop: a cancellation can be lost inside nats-py (it swallows one while
+            # flushing), its own timeout cannot.
+            js = self._nc.jetstream(timeout=self.timeout * 0.8)
             p = self.prefix
             with backend_errors("open buckets", self._where):
                 async with asyncio.timeout(self.timeout * 3):
