@@ -103,6 +103,9 @@ class Hub:
         store: Store
         self.coordinator: Coordinator
         if kind == "nats":
+            from fleetchat.backends.nats_conn import import_nats
+
+            import_nats()  # a clear hint when the extra is missing, before anything else
             from fleetchat.backends.nats_bus import NatsBus
             from fleetchat.backends.nats_coord import NatsCoordinator
 
