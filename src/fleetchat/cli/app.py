@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fleetchat.cli.migrate import register as register_migrate
 from fleetchat.cli.remote import register as register_remote
 from fleetchat.config import HubSettings, load_settings
 from fleetchat.errors import FleetchatError
@@ -196,6 +197,7 @@ def token_revoke(
 
 
 register_remote(app)
+register_migrate(app)
 
 
 @app.command()
