@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,8 @@ __all__ = ["NatsBatch", "NatsMember"]
 log = logging.getLogger(__name__)
 
 _decode = msgspec.json.Decoder(Message).decode
-_PULL_TIMEOUT = 2.0  # a no-wait pull answers at once; this only guards a lost answer
+_PULL_TIMEOUT = 2.0
+ALL_LANES = tuple(range(LANES))  # a no-wait pull answers at once; this only guards a lost answer
 
 
 class NatsBatch(Batch):
@@ -65,6 +66,12 @@ class NatsMember:
         self.pulling = False
         self.again = False
         self.timers: list[asyncio.TimerHandle] = []
+        self.wanted: set[int] = set()  # lanes that may hold deliveries not pulled yet
+        lay = bus.layout
+        self._next = [
+            lay.next_subject(lay.inbox_stream, lay.lane_consumer(member_id, rank))
+            for rank in range(LANES)
+        ]
         self._lane_done: asyncio.Future[None] | None = None
         self._lane_want = 0
         self._lane_got = 0
@@ -126,8 +133,13 @@ class NatsMember:
 
     # -- pulling ---------------------------------------------------------------------------
 
-    def pull_soon(self) -> None:
+    def pull_soon(self, lanes: Iterable[int] = ALL_LANES) -> None:
+        """Pull ``lanes`` (all by default) soon; a lane stays wanted until a pull of it came
+        back short (everything it had is here) or there was no room to take more."""
         if not self.ready:
+            return
+        self.wanted.update(lanes)
+        if not self.wanted:
             return
         if self.pulling:
             self.again = True
@@ -139,11 +151,13 @@ class NatsMember:
         try:
             while self.ready:
                 self.again = False
-                for rank in range(LANES):
+                for rank in sorted(self.wanted):  # highest priority first
                     room = self.state.room
                     if room <= 0:
-                        break
-                    await self._pull_lane(rank, min(room, 256))
+                        break  # the rest stays wanted: pulled when acks make room
+                    batch = min(room, 256)
+                    if await self._pull_lane(rank, batch) < batch:
+                        self.wanted.discard(rank)
                 if self.state.queued and self.state.listeners:
                     self.state.wake()
                 if not self.again:
@@ -153,14 +167,12 @@ class NatsMember:
         finally:
             self.pulling = False
 
-    async def _pull_lane(self, rank: int, batch: int) -> None:
-        bus = self.bus
-        stream = bus.layout.inbox_stream
-        subject = bus.layout.next_subject(stream, bus.layout.lane_consumer(self.id, rank))
+    async def _pull_lane(self, rank: int, batch: int) -> int:
+        """One no-wait pull of lane ``rank``; how many deliveries it brought."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lane_done, self._lane_want, self._lane_got = fut, batch, 0
-        payload = json.dumps({"batch": batch, "no_wait": True}).encode()
-        await bus.nc.publish(subject, payload, reply=self._inbox)
+        payload = b'{"batch":%d,"no_wait":true}' % batch
+        await self.bus.nc.publish(self._next[rank], payload, reply=self._inbox)
         try:
             async with asyncio.timeout(_PULL_TIMEOUT):
                 await fut
@@ -168,6 +180,7 @@ class NatsMember:
             log.debug("no answer to a pull", extra={"member": self.id, "lane": rank})
         finally:
             self._lane_done = None
+        return self._lane_got
 
     async def _on_pulled(self, msg: Msg) -> None:
         headers = msg.headers
@@ -185,7 +198,8 @@ class NatsMember:
             fut.set_result(None)
 
     async def _on_signal(self, msg: Msg) -> None:
-        self.pull_soon()
+        # A copy was stored in lane <rank> (the last subject token): pull that lane.
+        self.pull_soon((int(msg.subject[-1]),))
 
     async def _on_transient(self, msg: Msg) -> None:
         m = _decode(msg.data)
@@ -301,7 +315,8 @@ class NatsMember:
                 nak = json.dumps({"delay": int(wait * 1e9)}).encode()
                 bus.reply_soon(msg.reply, b"-NAK " + nak)
                 # A redelivery does not reach the wake-up subject: look again after the delay.
-                self.timers.append(bus.clock.call_later(wait + 0.01, self.pull_soon))  # type: ignore[arg-type]
+                again = partial(self.pull_soon, (PRIORITY_RANK[m.priority],))
+                self.timers.append(bus.clock.call_later(wait + 0.01, again))  # type: ignore[arg-type]
             else:  # not stored (ephemeral): retried here
                 self.attempts[m.id] = attempt + 1
                 retry = partial(self.state.push, PRIORITY_RANK[m.priority], m)
@@ -317,8 +332,8 @@ class NatsMember:
                 batch.timer.cancel()
                 batch.timer = None
             self.state.batches.pop(batch, None)
-        # Room again: more may wait in JetStream (pulled only up to the queue's room).
-        self.pull_soon()
+        # Room again: lanes that had more than there was room for are pulled now.
+        self.pull_soon(())
 
     def detach(self, consumer: int) -> None:
         """A consumer went away: its open deliveries go back to the front of the queue."""
