@@ -654,6 +654,8 @@ class NatsBus:
         inbox = self.nc.new_inbox()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         want = max(info.num_pending or 0, 0)
+        if not tail and end_seq is None and since is None and until is None:
+            want = min(want, max(limit, 0))  # the first ``limit`` are all that is asked for
 
         async def on_msg(msg: Msg) -> None:
             if msg.headers and "Status" in msg.headers:
