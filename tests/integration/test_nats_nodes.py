@@ -116,3 +116,35 @@ async def test_the_registry_is_the_same_on_every_node(nodes: list[Hub]) -> None:
     await _until(lambda: b.registry.status("welder-1") == "available")
     await b.registry.deregister("welder-1")
     await _until(lambda: "welder-1" not in a.registry)
+
+
+async def test_a_publish_and_a_fan_out_replayed_store_nothing_twice(nodes: list[Hub]) -> None:
+    """The consistency rule of docs/deployment.md: copies are keyed by message id."""
+    import msgspec
+
+    from fleetchat.models import Message
+
+    a, b = nodes
+    await a.channels.create("cell", announce=False)
+    await _until(lambda: b.bus.channel("cell") is not None)
+    sub = await b.subscribe("r1", "cell")
+    await _until(lambda: a.bus.is_member("cell", "r1"))
+    m = Message(id="m-replayed", channel="cell", sender="ctl", body="once", created_at=1.0)
+    await a.bus.publish([msgspec.structs.replace(m)], 5.0)
+    await a.bus.publish([msgspec.structs.replace(m)], 5.0)  # a retried publish: deduped
+    assert [x.id for x in await a.channels.history("cell")] == ["m-replayed"]
+    # A fan-out replayed (a leader died before acking it): the inbox copy is deduped too.
+    bus: Any = next(h for h in nodes if h.coordinator.is_leader).bus
+    js = bus.nc.jetstream()
+    stored = await js.get_msg(bus.layout.chat_stream, subject=bus.layout.chat("cell"), direct=False)
+    data = msgspec.json.encode(msgspec.structs.replace(m, seq=stored.seq))
+    await js.publish(bus.layout.inbox("r1", 2), data, headers={"Nats-Msg-Id": "m-replayed:r1"})
+    got: list[Any] = []
+    async with asyncio.timeout(10):
+        while not got:
+            batch = await sub.fetch(timeout=5)
+            if batch is not None:
+                got.extend(batch.messages)
+                await batch.ack()
+    assert [x.id for x in got] == ["m-replayed"]
+    assert await sub.fetch(timeout=0.5) is None
