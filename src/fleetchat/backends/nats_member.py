@@ -67,6 +67,9 @@ class NatsMember:
         self.again = False
         self.timers: list[asyncio.TimerHandle] = []
         self.wanted: set[int] = set()  # lanes that may hold deliveries not pulled yet
+        self.asked = [0] * LANES  # times each lane was asked for: see _pull
+        self.unseen = [0] * LANES  # copies signalled and not pulled yet, per lane
+        self.tries = [0] * LANES  # short pulls in a row despite unseen copies
         lay = bus.layout
         self._next = [
             lay.next_subject(lay.inbox_stream, lay.lane_consumer(member_id, rank))
@@ -138,7 +141,9 @@ class NatsMember:
         back short (everything it had is here) or there was no room to take more."""
         if not self.ready:
             return
-        self.wanted.update(lanes)
+        for rank in lanes:
+            self.wanted.add(rank)
+            self.asked[rank] += 1
         if not self.wanted:
             return
         if self.pulling:
@@ -156,8 +161,14 @@ class NatsMember:
                     if room <= 0:
                         break  # the rest stays wanted: pulled when acks make room
                     batch = min(room, 256)
-                    if await self._pull_lane(rank, batch) < batch:
+                    asked = self.asked[rank]
+                    got = await self._pull_lane(rank, batch)
+                    # Came back short: the lane is drained, unless it was asked for again
+                    # meanwhile (a copy stored after the server answered).
+                    if got < batch and self.asked[rank] == asked:
                         self.wanted.discard(rank)
+                        if self.unseen[rank]:
+                            self._look_again(rank, got)
                 if self.state.queued and self.state.listeners:
                     self.state.wake()
                 if not self.again:
@@ -182,11 +193,28 @@ class NatsMember:
             self._lane_done = None
         return self._lane_got
 
+    def _look_again(self, rank: int, got: int) -> None:
+        """Copies were signalled that the pull did not bring: the wake-up (core NATS) can
+        arrive before JetStream has stored the copy. Pull that lane again shortly; after a
+        few tries, forget them (a copy deduped by its message id signals but is not stored)."""
+        tries = 0 if got else self.tries[rank] + 1
+        if tries > 3:
+            self.unseen[rank] = self.tries[rank] = 0
+            return
+        self.tries[rank] = tries
+        delay = 0.002 * 4**tries
+        self.timers.append(
+            asyncio.get_running_loop().call_later(delay, partial(self.pull_soon, (rank,)))
+        )
+
     async def _on_pulled(self, msg: Msg) -> None:
         headers = msg.headers
         if headers and "Status" in headers:  # 404 no messages, 408 batch not filled: done
             self._finish_lane()
             return
+        if msg.metadata.num_delivered == 1:  # a first delivery: one signalled copy seen
+            rank = int(msg.subject[-1])
+            self.unseen[rank] = max(self.unseen[rank] - 1, 0)
         self._take(msg)
         self._lane_got += 1
         if self._lane_got >= self._lane_want:
@@ -199,7 +227,9 @@ class NatsMember:
 
     async def _on_signal(self, msg: Msg) -> None:
         # A copy was stored in lane <rank> (the last subject token): pull that lane.
-        self.pull_soon((int(msg.subject[-1]),))
+        rank = int(msg.subject[-1])
+        self.unseen[rank] += 1
+        self.pull_soon((rank,))
 
     async def _on_transient(self, msg: Msg) -> None:
         m = _decode(msg.data)
