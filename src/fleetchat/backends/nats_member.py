@@ -68,8 +68,8 @@ class NatsMember:
         self.timers: list[asyncio.TimerHandle] = []
         self.wanted: set[int] = set()  # lanes that may hold deliveries not pulled yet
         self.asked = [0] * LANES  # times each lane was asked for: see _pull
-        self.unseen = [0] * LANES  # copies signalled and not pulled yet, per lane
-        self.tries = [0] * LANES  # short pulls in a row despite unseen copies
+        self.unseen = [0] * LANES  # copies signalled and not pulled yet (at most), per lane
+        self.tries = [0] * LANES  # short pulls in a row with copies still unseen
         lay = bus.layout
         self._next = [
             lay.next_subject(lay.inbox_stream, lay.lane_consumer(member_id, rank))
@@ -163,12 +163,15 @@ class NatsMember:
                     batch = min(room, 256)
                     asked = self.asked[rank]
                     got = await self._pull_lane(rank, batch)
+                    self.unseen[rank] = max(self.unseen[rank] - got, 0)
                     # Came back short: the lane is drained, unless it was asked for again
                     # meanwhile (a copy stored after the server answered).
                     if got < batch and self.asked[rank] == asked:
                         self.wanted.discard(rank)
                         if self.unseen[rank]:
-                            self._look_again(rank, got)
+                            self._look_again(rank)
+                        else:
+                            self.tries[rank] = 0
                 if self.state.queued and self.state.listeners:
                     self.state.wake()
                 if not self.again:
@@ -193,28 +196,24 @@ class NatsMember:
             self._lane_done = None
         return self._lane_got
 
-    def _look_again(self, rank: int, got: int) -> None:
-        """Copies were signalled that the pull did not bring: the wake-up (core NATS) can
-        arrive before JetStream has stored the copy. Pull that lane again shortly; after a
-        few tries, forget them (a copy deduped by its message id signals but is not stored)."""
-        tries = 0 if got else self.tries[rank] + 1
-        if tries > 3:
+    def _look_again(self, rank: int) -> None:
+        """More copies were signalled on this lane than its pulls brought: the wake-up (core
+        NATS) can arrive before JetStream has stored the copy. Pull the lane again after 5, 20
+        and 80 ms, then let the count go (a copy deduped by its message id is signalled but
+        never stored)."""
+        tries = self.tries[rank]
+        if tries >= 3:
             self.unseen[rank] = self.tries[rank] = 0
             return
-        self.tries[rank] = tries
-        delay = 0.002 * 4**tries
-        self.timers.append(
-            asyncio.get_running_loop().call_later(delay, partial(self.pull_soon, (rank,)))
-        )
+        self.tries[rank] = tries + 1
+        again = partial(self.pull_soon, (rank,))
+        self.timers.append(asyncio.get_running_loop().call_later(0.005 * 4**tries, again))
 
     async def _on_pulled(self, msg: Msg) -> None:
         headers = msg.headers
         if headers and "Status" in headers:  # 404 no messages, 408 batch not filled: done
             self._finish_lane()
             return
-        if msg.metadata.num_delivered == 1:  # a first delivery: one signalled copy seen
-            rank = int(msg.subject[-1])
-            self.unseen[rank] = max(self.unseen[rank] - 1, 0)
         self._take(msg)
         self._lane_got += 1
         if self._lane_got >= self._lane_want:
