@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,15 +25,16 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from fleetchat.backends.local_delivery import DLQ_CHANNEL, HUB_SENDER
+from fleetchat.backends.nats_channels import NatsChannels
 from fleetchat.backends.nats_conn import connect_nats, server_features
-from fleetchat.backends.nats_layout import Layout, key_name, key_token
+from fleetchat.backends.nats_fanout import NatsFanout
+from fleetchat.backends.nats_layout import Layout
 from fleetchat.backends.nats_member import NatsBatch, NatsMember
 from fleetchat.backends.ports import DeliveryObserver
 from fleetchat.config import ChatSettings
 from fleetchat.errors import (
     BackendUnavailableError,
     ChannelExistsError,
-    ChannelNotFoundError,
     ClosedError,
 )
 from fleetchat.models import Channel, DeadLetter, Message
@@ -54,13 +54,12 @@ _decode_message = msgspec.json.Decoder(Message).decode
 _decode_channel = msgspec.json.Decoder(Channel).decode
 _INBOX_MAX_AGE = 7 * 86_400.0  # a backstop: copies for members that never come back
 _DUPLICATE_WINDOW = 120.0
-_FANOUT_BATCH = 256
 # What a dead leader had taken but not fanned out is taken again after this long.
 _FANOUT_ACK_WAIT = 5.0
 _REPLY_HEADER = "fc-reply-to"  # on a request: the subject of the node waiting for its reply
 
 
-class NatsBus:
+class NatsBus(NatsChannels, NatsFanout):
     """The Bus on NATS JetStream. ``url`` may list several servers, comma-separated."""
 
     def __init__(
@@ -214,124 +213,6 @@ class NatsBus:
         for subject, payload in replies:
             await nc.publish(subject, payload)
 
-    # -- channels and members (KV, watched) -------------------------------------------------
-
-    async def _load_and_watch(self) -> None:
-        assert self._kv_channels is not None
-        assert self._kv_members is not None
-        for kv, apply in (
-            (self._kv_channels, self._apply_channel),
-            (self._kv_members, self._apply_member),
-        ):
-            watcher = await kv.watchall()
-            self._watchers.append(watcher)
-            async for entry in watcher:  # the current values, then None
-                if entry is None:
-                    break
-                apply(entry)
-            self.spawn(self._follow(watcher, apply))
-
-    async def _follow(self, watcher: Any, apply: Callable[[Any], None]) -> None:
-        while not self.closed:
-            try:
-                entry = await watcher.updates(timeout=5.0)
-            except TimeoutError:
-                continue
-            except Exception:
-                if self.closed:
-                    return
-                log.warning("KV watch failed; retrying", exc_info=True)
-                await asyncio.sleep(1.0)
-                continue
-            if entry is not None:
-                apply(entry)
-
-    def _apply_channel(self, entry: Any) -> None:
-        name = key_name(entry.key)
-        if entry.operation in ("DEL", "PURGE") or entry.value is None:
-            self._channels.pop(name, None)
-            return
-        spec = _decode_channel(entry.value)
-        old = self._channels.get(name)
-        if old is not None:
-            spec.last_seq = max(spec.last_seq, old.last_seq)
-        self._channels[name] = spec
-
-    def _apply_member(self, entry: Any) -> None:
-        chan_tok, _, member_tok = entry.key.partition(".")
-        channel, member = key_name(chan_tok), key_name(member_tok)
-        if entry.operation in ("DEL", "PURGE") or entry.value is None:
-            self._members.get(channel, set()).discard(member)
-            self._memberships.get(member, set()).discard(channel)
-        else:
-            self._members.setdefault(channel, set()).add(member)
-            self._memberships.setdefault(member, set()).add(channel)
-
-    def channels(self) -> list[Channel]:
-        return list(self._channels.values())
-
-    def channel(self, name: str) -> Channel | None:
-        return self._channels.get(name)
-
-    def members(self, channel: str) -> list[str]:
-        return list(self._members.get(channel, ()))
-
-    def is_member(self, channel: str, member: str) -> bool:
-        return member in self._members.get(channel, ())
-
-    def memberships(self, member: str) -> list[str]:
-        return list(self._memberships.get(member, ()))
-
-    def _spec(self, name: str) -> Channel:
-        spec = self._channels.get(name)
-        if spec is None:
-            raise ChannelNotFoundError(f"no channel {name!r}", channel=name)
-        return spec
-
-    async def create_channel(self, channel: Channel) -> Channel:
-        from nats.js.errors import KeyWrongLastSequenceError
-
-        assert self._kv_channels is not None
-        try:
-            await self._kv_channels.create(key_token(channel.name), _encode(channel))
-        except KeyWrongLastSequenceError:
-            raise ChannelExistsError(
-                f"channel {channel.name!r} exists", channel=channel.name
-            ) from None
-        self._channels[channel.name] = channel
-        return channel
-
-    async def delete_channel(self, name: str) -> None:
-        self._spec(name)
-        assert self._kv_channels is not None
-        assert self._kv_members is not None
-        for member in list(self._members.get(name, ())):
-            await self._kv_members.delete(self.layout.member_key(name, member))
-            self._memberships.get(member, set()).discard(name)
-        self._members.pop(name, None)
-        await self._kv_channels.delete(key_token(name))
-        self._channels.pop(name, None)
-        await self.purge(name)
-
-    async def add_member(self, channel: str, member: str) -> bool:
-        self._spec(channel)
-        if self.is_member(channel, member):
-            return False
-        assert self._kv_members is not None
-        await self._kv_members.put(self.layout.member_key(channel, member), b"1")
-        self._members.setdefault(channel, set()).add(member)
-        self._memberships.setdefault(member, set()).add(channel)
-        return True
-
-    async def remove_member(self, channel: str, member: str) -> bool:
-        if not self.is_member(channel, member):
-            return False
-        assert self._kv_members is not None
-        await self._kv_members.delete(self.layout.member_key(channel, member))
-        self._members.get(channel, set()).discard(member)
-        self._memberships.get(member, set()).discard(channel)
-        return True
-
     # -- publish and fan-out --------------------------------------------------------------
 
     async def publish(self, messages: list[Message], timeout: float) -> list[Message]:
@@ -371,92 +252,6 @@ class NatsBus:
             ) from None
         self.observer.on_published(messages)
         return messages
-
-    async def start_fanout(self) -> None:
-        """Run the fan-out on this node (the leader's job; safe to run twice, see above).
-
-        One pull request is kept open on the ``fanout`` consumer (up to 256 messages, expiring
-        after 2 s, then renewed); each message is handled as it arrives, in order."""
-        if self._fanout_sub is not None:
-            return
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox, cb=self._on_fanout_message)
-        self._fanout_sub = sub
-        self.spawn(self._fanout_pulls(sub, inbox))
-
-    async def stop_fanout(self) -> None:
-        sub, self._fanout_sub = self._fanout_sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    async def _fanout_pulls(self, sub: Any, inbox: str) -> None:
-        lay = self.layout
-        subject = lay.next_subject(lay.chat_stream, lay.fanout_consumer)
-        request = json.dumps({"batch": _FANOUT_BATCH, "expires": int(2e9)}).encode()
-        loop = asyncio.get_running_loop()
-        while not self.closed and self._fanout_sub is sub:
-            self._fanout_done = loop.create_future()
-            self._fanout_left = _FANOUT_BATCH
-            try:
-                await self.nc.publish(subject, request, reply=inbox)
-                async with asyncio.timeout(3.0):
-                    await self._fanout_done
-            except TimeoutError:
-                continue
-            except Exception:
-                if self.closed or self._fanout_sub is not sub:
-                    return
-                log.warning("fan-out pull failed; retrying", exc_info=True)
-                await asyncio.sleep(0.5)
-
-    async def _on_fanout_message(self, msg: Msg) -> None:
-        if msg.headers and "Status" in msg.headers:  # the pull expired or was cut short
-            self._end_fanout_pull()
-            return
-        self._fanout_left -= 1
-        if self._fanout_left <= 0:
-            self._end_fanout_pull()
-        try:
-            copies = await self._fan_out_one(self.nc.jetstream(), msg)
-        except Exception:
-            log.warning("fan-out failed; the message will be redelivered", exc_info=True)
-            return
-        self.spawn(self._ack_when_stored(msg, copies))
-
-    def _end_fanout_pull(self) -> None:
-        done = self._fanout_done
-        if done is not None and not done.done():
-            done.set_result(None)
-
-    async def _ack_when_stored(self, msg: Msg, copies: list[Any]) -> None:
-        try:
-            await asyncio.gather(*copies)
-        except Exception:
-            log.warning("a fan-out copy failed; will be redelivered", exc_info=True)
-            return  # not acked: JetStream redelivers it after its ack wait
-        await msg.ack()
-
-    async def _fan_out_one(self, js: Any, msg: Msg) -> list[Any]:
-        m = _decode_message(msg.data)
-        m.seq = msg.metadata.sequence.stream
-        spec = self._channels.get(m.channel)
-        if spec is not None:
-            spec.last_seq = max(spec.last_seq, m.seq)
-        data = _encode(m)
-        rank = PRIORITY_RANK[m.priority]
-        futs = []
-        for member in self._members.get(m.channel, ()):
-            if member == m.sender:
-                continue
-            futs.append(
-                await js.publish_async(
-                    self.layout.inbox(member, rank),
-                    data,
-                    headers={"Nats-Msg-Id": f"{m.id}:{member}"},
-                )
-            )
-        return futs
 
     async def _on_ephemeral(self, msg: Msg) -> None:
         m = _decode_message(msg.data)
@@ -621,81 +416,3 @@ class NatsBus:
 
     def settle_through(self, member: str, channel: str, seq: int) -> int:
         return self._attach(member, -1).settle_through(channel, seq) if member else 0
-
-    # -- history and maintenance ----------------------------------------------------------
-
-    async def history(
-        self,
-        channel: str,
-        *,
-        start_seq: int | None = None,
-        end_seq: int | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 1000,
-        tail: bool = False,
-    ) -> list[Message]:
-        """Stored messages of ``channel`` (read with a short-lived consumer), oldest first."""
-        from nats.js.api import ConsumerConfig, DeliverPolicy
-
-        self._spec(channel)
-        js = self.nc.jetstream()
-        config = ConsumerConfig(
-            filter_subject=self.layout.chat(channel),
-            ack_policy="none",  # type: ignore[arg-type]
-            inactive_threshold=10.0,
-            deliver_policy=DeliverPolicy.ALL,
-        )
-        if start_seq is not None:
-            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-            config.opt_start_seq = max(start_seq, 1)
-        info = await js.add_consumer(self.layout.chat_stream, config)
-        out: list[Message] = []
-        inbox = self.nc.new_inbox()
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        want = max(info.num_pending or 0, 0)
-        if not tail and end_seq is None and since is None and until is None:
-            want = min(want, max(limit, 0))  # the first ``limit`` are all that is asked for
-
-        async def on_msg(msg: Msg) -> None:
-            if msg.headers and "Status" in msg.headers:
-                if not done.done():
-                    done.set_result(None)
-                return
-            m = _decode_message(msg.data)
-            m.seq = msg.metadata.sequence.stream
-            out.append(m)
-            if len(out) >= want and not done.done():
-                done.set_result(None)
-
-        sub = await self.nc.subscribe(inbox, cb=on_msg)
-        try:
-            if want:
-                req = json.dumps({"batch": want, "no_wait": True}).encode()
-                await self.nc.publish(
-                    self.layout.next_subject(self.layout.chat_stream, info.name),
-                    req,
-                    reply=inbox,
-                )
-                async with asyncio.timeout(10.0):
-                    await done
-        finally:
-            await sub.unsubscribe()
-            with contextlib.suppress(Exception):
-                await js.delete_consumer(self.layout.chat_stream, info.name)
-        picked = [
-            m
-            for m in out
-            if (end_seq is None or m.seq <= end_seq)
-            and (since is None or m.created_at >= since)
-            and (until is None or m.created_at <= until)
-        ]
-        return picked[-limit:] if tail else picked[:limit]
-
-    async def purge(self, channel: str) -> int:
-        js = self.nc.jetstream()
-        subject = self.layout.chat(channel)
-        info = await js.stream_info(self.layout.chat_stream, subjects_filter=subject)
-        count = int((info.state.subjects or {}).get(subject, 0))
-        await js.purge_stream(self.layout.chat_stream, subject=subject)
-        return count
