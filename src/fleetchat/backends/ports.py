@@ -3,7 +3,8 @@
 Services talk to backends only through these. Implementations:
 
 - ``ChannelLog``: ``MemoryLog`` (memory.py), ``SqliteLog`` (sqlite.py).
-- ``Bus``: ``LocalBus`` (local_bus.py), in-process fan-out over a ChannelLog.
+- ``Bus``: ``LocalBus`` (local_bus.py), in-process fan-out over a ChannelLog; ``NatsBus``
+  (nats_bus.py), NATS JetStream: several hub nodes.
 - ``Store``: ``MemoryStore``, ``SqliteStore``, ``PostgresStore`` (postgres.py).
 - ``Coordinator``: ``LocalCoordinator`` (local_coord.py, one process), ``NatsCoordinator``
   (nats_coord.py, NATS KV: several hub nodes).
