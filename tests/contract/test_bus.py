@@ -269,3 +269,28 @@ async def test_a_request_to_nobody_listening_times_out(hub: Hub) -> None:
     await hub.registry.register("ghost")
     with pytest.raises(RequestTimeoutError):
         await hub.request("@ghost", "anyone?", sender="asker", timeout=0.3)
+
+
+async def test_an_ephemeral_delivery_nacked_comes_back(hub: Hub) -> None:
+    await hub.channels.create("telemetry", ephemeral=True, announce=False)
+    sub = await hub.subscribe("r", "telemetry")
+    await asyncio.sleep(0.2)
+    await hub.publish("telemetry", "again", sender="sensor")
+    first = await sub.fetch(timeout=5)
+    assert first is not None
+    await first.nack()
+    again = await sub.fetch(timeout=5)
+    assert again is not None
+    assert [(d.message.body, d.attempt) for d in again] == [("again", 2)]
+    await again.ack()
+
+
+async def test_resume_settles_deliveries_already_waiting(hub: Hub) -> None:
+    await hub.channels.create("cell", announce=False)
+    sub = await hub.subscribe("r", "cell")
+    sent = [await hub.publish("cell", i, sender="ctl") for i in range(3)]
+    await asyncio.sleep(0.3)  # queued for the member, not fetched
+    assert hub.bus.settle_through("r", "cell", sent[1].seq) >= 0
+    got = await _take(sub, 1)
+    assert [m.id for m in got] == [sent[2].id]
+    assert await sub.fetch(timeout=0.3) is None

@@ -6,6 +6,7 @@ Each Hub here is a node with its own NATS connections, as separate processes wou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -148,3 +149,37 @@ async def test_a_publish_and_a_fan_out_replayed_store_nothing_twice(nodes: list[
                 await batch.ack()
     assert [x.id for x in got] == ["m-replayed"]
     assert await sub.fetch(timeout=0.5) is None
+
+
+async def test_a_delivery_whose_attempts_ran_out_on_a_dead_node_is_dead_lettered(
+    nodes: list[Hub], nats_server: NatsServer
+) -> None:
+    a, b = nodes
+    doomed = Hub(HubSettings(url=nats_server.url, chat=a.settings.chat))
+    await doomed.start()
+    await a.channels.create("cell", announce=False)
+    await _until(lambda: doomed.bus.channel("cell") is not None)
+    sub = await doomed.subscribe("r1", "cell")
+    sent = await a.publish("cell", "cursed", sender="ctl")
+    for attempt in (1, 2):  # fail twice on the doomed node...
+        batch = await sub.fetch(timeout=5)
+        assert batch is not None
+        assert [d.attempt for d in batch] == [attempt]
+        await batch.nack()
+    last = await sub.fetch(timeout=5)  # ...take the last attempt, and die holding it
+    assert last is not None
+    assert [d.attempt for d in last] == [3]
+    bus: Any = doomed.bus
+    await bus.nc.close()  # no hand-back: as if the process were killed
+    on_b = await b.subscribe("r1")
+    # JetStream gives it out again after the ack wait, a fourth time: over the budget.
+    assert await on_b.fetch(timeout=2.5) is None
+
+    async def dead_lettered() -> bool:
+        return any(x.message.id == sent.id for x in await b.dead_letters())
+
+    async with asyncio.timeout(5):
+        while not await dead_lettered():  # noqa: ASYNC110 - polling another node's work
+            await asyncio.sleep(0.05)
+    with contextlib.suppress(Exception):
+        await doomed.close()
