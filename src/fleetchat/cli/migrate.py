@@ -1,24 +1,9 @@
-"""``fleetchat migrate``: copy a hub's data from one backend to another.
+"""``fleetchat migrate``: the command that copies a hub's data from one backend to another.
 
-The usual move is from an embedded hub (a SQLite file) to the distributed mode (NATS JetStream
-for the bus, PostgreSQL for the store), but any pair of backends works, in either direction.
-:func:`migrate` does the work on two started hubs and is usable from Python; the command
-opens the hubs from URLs and prints a summary.
-
-What is copied, in this order:
-
-1. channel definitions, ``$dlq`` and the inboxes ``@agent`` included (the target assigns new
-   seqs, so a copied definition starts at ``last_seq`` 0);
-2. the stored history of every durable channel, oldest first, page by page, through the
-   target's bus with each message's id, sender, kind, body, priority, created_at, expires_at,
-   correlation_id and headers (seqs are the target's); a message whose id the target already
-   holds is skipped, never stored twice;
-3. memberships, after the history, so members do not receive the copied history as new
-   deliveries (on NATS, after the target's fan-out has gone past the copied messages);
-4. agent records and token records (tokens are stored hashed and copied as such).
-
-Not copied: deliveries in flight and unacknowledged state (member cursors, retry counts,
-per-member queues). Drain the source first. See docs/migrate.md.
+It opens the two hubs from URLs (``--from``, ``--to`` and their stores), runs
+:func:`fleetchat.migration.migrate` with a progress bar and prints a summary (a table, or
+``--json``). What is copied and what is not: see :mod:`fleetchat.migration` and docs/migrate.md.
+:func:`migrate`, :class:`MigrationReport` and :class:`ChannelCopy` stay importable from here.
 """
 
 from __future__ import annotations
@@ -27,8 +12,6 @@ import asyncio
 import contextlib
 import logging
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -42,296 +25,30 @@ from rich.table import Table
 from rich.text import Text
 
 from fleetchat.errors import (
-    BackendUnavailableError,
-    ChannelExistsError,
     ConfigError,
     ConflictError,
     FleetchatError,
     InvalidInputError,
     NotFoundError,
 )
-from fleetchat.models import Channel, Message
+from fleetchat.migration import FANOUT_STALL as FANOUT_STALL  # public here before the split
+from fleetchat.migration import (
+    PAGE_SIZE,
+    TARGET_NOT_EMPTY,
+    ChannelCopy,
+    MigrationReport,
+    Progress,
+    migrate,
+)
 
 if TYPE_CHECKING:
-    from fleetchat.backends.ports import Bus, Store
     from fleetchat.config import HubSettings
     from fleetchat.hub import Hub
 
 __all__ = ["ChannelCopy", "MigrationReport", "migrate", "register"]
 
-PAGE_SIZE = 1000
-"""Messages read and written per round trip (the source's ``history_limit``, 1,000 by default,
-caps it). Large pages matter on a NATS source, where each read costs the rest of the channel."""
-FANOUT_STALL = 30.0
-"""Seconds the NATS fan-out may make no progress before the migration gives up."""
-TARGET_NOT_EMPTY = "target_not_empty"
-"""``details["reason"]`` of the ConflictError raised for a target that already has channels."""
-
-_encode = msgspec.json.Encoder().encode
-_decode_channel = msgspec.json.Decoder(Channel).decode
-
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class ChannelCopy(msgspec.Struct, kw_only=True):
-    """What the migration did for one channel."""
-
-    name: str
-    type: str
-    ephemeral: bool = False
-    created: bool = False
-    """False when the target had the channel already (``$dlq``, or with ``merge``)."""
-    messages: int = 0
-    """Messages copied."""
-    skipped: int = 0
-    """Messages the target already held (same id): not copied again."""
-    members: int = 0
-    """Memberships added."""
-    members_existing: int = 0
-    """Memberships the target had already."""
-
-
-class MigrationReport(msgspec.Struct, kw_only=True):
-    """The outcome of :func:`migrate`."""
-
-    channels: list[ChannelCopy] = []
-    agents: int = 0
-    agents_skipped: int = 0
-    """Agents the target had already (its record is kept)."""
-    tokens: int = 0
-    tokens_skipped: int = 0
-    """Tokens the target had already."""
-    seconds: float = 0.0
-
-    @property
-    def messages(self) -> int:
-        return sum(c.messages for c in self.channels)
-
-    @property
-    def messages_skipped(self) -> int:
-        return sum(c.skipped for c in self.channels)
-
-    @property
-    def memberships(self) -> int:
-        return sum(c.members for c in self.channels)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Totals, then one entry per channel: what ``fleetchat migrate --json`` prints."""
-        return {
-            "channels": len(self.channels),
-            "channels_created": sum(c.created for c in self.channels),
-            "messages": self.messages,
-            "messages_skipped": self.messages_skipped,
-            "memberships": self.memberships,
-            "memberships_existing": sum(c.members_existing for c in self.channels),
-            "agents": self.agents,
-            "agents_skipped": self.agents_skipped,
-            "tokens": self.tokens,
-            "tokens_skipped": self.tokens_skipped,
-            "seconds": round(self.seconds, 3),
-            "per_channel": msgspec.to_builtins(self.channels),
-        }
-
-
-Progress = Callable[[str, int], None]
-"""Called with what is being copied (a channel name, ``memberships``, ``agents and tokens``)
-and the number of messages copied so far in all."""
-
-
-async def migrate(
-    source: Hub,
-    target: Hub,
-    *,
-    merge: bool = False,
-    page_size: int = PAGE_SIZE,
-    progress: Progress | None = None,
-    fanout_stall: float = FANOUT_STALL,
-) -> MigrationReport:
-    """Copy channels, history, memberships, agents and tokens from ``source`` to ``target``.
-
-    Both hubs must be started. The source is only read (beyond what starting a hub does, such
-    as a SQLite hub's retention sweep). Drain and stop the source's agents first: deliveries in
-    flight and unacknowledged state are not copied.
-
-    Args:
-        merge: add to a target that already has channels (other than ``$dlq``). A channel the
-            target has keeps its definition; messages whose id it holds are skipped; agents and
-            tokens it has keep their record. Also the way to resume a migration that stopped.
-        page_size: messages per history read and per publish to the target.
-        progress: told what is being copied, with the running count of messages.
-        fanout_stall: on a NATS target, seconds its fan-out may stay stuck before this gives
-            up (memberships are added only once the fan-out has passed the copied history).
-
-    Raises:
-        ConflictError: the target has channels and ``merge`` is off (``details["reason"]`` is
-            ``"target_not_empty"``); nothing was written.
-        InvalidInputError: ``source`` is ``target``, or ``page_size`` is not positive.
-        BackendError: a backend failed; what was copied so far stays (resume with ``merge``).
-    """
-    if source is target:
-        raise InvalidInputError("the source and the target are the same hub")
-    if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
-        raise InvalidInputError("page_size must be a positive integer", field="page_size")
-    started = time.monotonic()
-    present = [c.name for c in target.channels.list()]  # without the $ channels
-    if present and not merge:
-        shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
-        raise ConflictError(
-            f"the target already has {len(present)} channel(s) ({shown}); "
-            "migrate into an empty hub, or give --merge to add to it",
-            reason=TARGET_NOT_EMPTY,
-            channels=len(present),
-        )
-    report = MigrationReport()
-    tell = progress or (lambda what, copied: None)
-    specs = source.channels.list(include_system=True)
-    for spec in specs:
-        report.channels.append(await _copy_definition(spec, target.bus))
-    copied = 0
-    for spec, entry in zip(specs, report.channels, strict=True):
-        if spec.ephemeral:
-            continue  # never stored: nothing to copy
-        tell(spec.name, copied)
-        copied = await _copy_history(source, target, entry, page_size, copied, tell)
-    tell("memberships", copied)
-    await _fanout_settled(target.bus, fanout_stall)
-    for entry in report.channels:
-        for member in source.channels.members(entry.name):
-            if await target.bus.add_member(entry.name, member):
-                entry.members += 1
-            else:
-                entry.members_existing += 1
-    tell("agents and tokens", copied)
-    await _copy_records(source.store, target.store, report)
-    report.seconds = time.monotonic() - started
-    return report
-
-
-async def _copy_definition(spec: Channel, bus: Bus) -> ChannelCopy:
-    entry = ChannelCopy(name=spec.name, type=spec.type, ephemeral=spec.ephemeral)
-    if bus.channel(spec.name) is not None:
-        return entry
-    copy = _decode_channel(_encode(spec))  # a copy of its own: buses keep and update specs
-    copy.last_seq = 0  # the target numbers the copied history itself
-    with contextlib.suppress(ChannelExistsError):  # created meanwhile by someone else
-        await bus.create_channel(copy)
-        entry.created = True
-    return entry
-
-
-async def _ids(hub: Hub, channel: str, page_size: int) -> set[str]:
-    """The ids of every message ``hub`` holds in ``channel``."""
-    ids: set[str] = set()
-    async for page in _pages(hub, channel, page_size):
-        ids.update(m.id for m in page)
-    return ids
-
-
-async def _pages(hub: Hub, channel: str, page_size: int) -> AsyncIterator[list[Message]]:
-    """The history of ``channel``, oldest first, a page at a time (seqs may have gaps)."""
-    start = 1
-    while True:
-        page = await hub.channels.history(channel, start_seq=start, limit=page_size)
-        if not page:
-            return
-        yield page
-        start = page[-1].seq + 1
-
-
-async def _copy_history(
-    source: Hub, target: Hub, entry: ChannelCopy, page_size: int, copied: int, tell: Progress
-) -> int:
-    # A channel the target had (always $dlq, others with merge) may hold some of these
-    # messages already: by id. NATS would drop a repeat only within its 2-minute window.
-    known = set() if entry.created else await _ids(target, entry.name, page_size)
-    timeout = target.settings.chat.publish_timeout
-    async for page in _pages(source, entry.name, page_size):
-        fresh = [_clone(m) for m in page if m.id not in known]
-        entry.skipped += len(page) - len(fresh)
-        if fresh:
-            await target.bus.publish(fresh, timeout)
-            entry.messages += len(fresh)
-            copied += len(fresh)
-        tell(entry.name, copied)
-    return copied
-
-
-def _clone(m: Message) -> Message:
-    """``m`` as a new publish: every field kept but the seq, which the target assigns."""
-    return Message(
-        id=m.id,
-        channel=m.channel,
-        sender=m.sender,
-        kind=m.kind,
-        body=m.body,
-        priority=m.priority,
-        created_at=m.created_at,
-        expires_at=m.expires_at,
-        correlation_id=m.correlation_id,
-        headers=dict(m.headers),
-    )
-
-
-async def _fanout_settled(bus: Bus, stall: float) -> None:
-    """On NATS, wait until the fan-out has read every copied message: it sends each message to
-    the members the channel has when it reads it, and the memberships come next."""
-    from fleetchat.backends.local_bus import LocalBus
-
-    if isinstance(bus, LocalBus):
-        return  # a member added later starts after the newest message
-    from fleetchat.backends.nats_bus import NatsBus
-
-    if not isinstance(bus, NatsBus):  # pragma: no cover - there is no third bus
-        return
-    js = bus.nc.jetstream()
-    loop = asyncio.get_running_loop()
-    last, since = -1, loop.time()
-    while True:
-        info = await js.consumer_info(bus.layout.chat_stream, bus.layout.fanout_consumer)
-        left = (info.num_pending or 0) + (info.num_ack_pending or 0)
-        if left == 0:
-            return
-        if left != last:
-            last, since = left, loop.time()
-        elif loop.time() - since > stall:
-            raise BackendUnavailableError(
-                f"the NATS fan-out has made no progress for {stall:g} s with {left} message(s) "
-                "to go (is a hub node leading?); memberships were not copied: run again with "
-                "--merge once it moves",
-                backend="nats",
-            )
-        await asyncio.sleep(0.05)
-
-
-async def _refresh(store: Store) -> None:
-    """Reload a store that caches its records (PostgreSQL): the hub's registry works on the
-    cached objects, so they may hold live state (heartbeats) rather than what is stored."""
-    refresh = getattr(store, "refresh", None)
-    if refresh is not None:
-        await refresh()
-
-
-async def _copy_records(source: Store, target: Store, report: MigrationReport) -> None:
-    await _refresh(source)
-    await _refresh(target)
-    have = {a.id for a in target.load_agents()}
-    for agent in sorted(source.load_agents(), key=lambda a: a.id):
-        if agent.id in have:
-            report.agents_skipped += 1
-        else:
-            await target.save_agent(agent)
-            report.agents += 1
-    hashes = {t.sha256 for t in target.load_tokens()}
-    for token in sorted(source.load_tokens(), key=lambda t: t.sha256):
-        if token.sha256 in hashes:
-            report.tokens_skipped += 1
-        else:
-            await target.save_token(token)
-            report.tokens += 1
-
-
-# -- the command ------------------------------------------------------------------------------
 
 
 def _hub_settings(config: Path | None, url: str, store: str | None, side: str) -> HubSettings:
