@@ -115,6 +115,8 @@ async def test_the_registry_is_the_same_on_every_node(nodes: list[Hub]) -> None:
     await _until(lambda: b.registry.status("welder-1") == "offline")
     a.registry.heartbeat("welder-1")  # back, on node a: node b hears of it
     await _until(lambda: b.registry.status("welder-1") == "available")
+    beat = a.registry.heartbeat("welder-1").last_heartbeat  # sent in the next batch (1 s)
+    await _until(lambda: b.registry.get("welder-1").last_heartbeat == beat, timeout=5)
     await b.registry.deregister("welder-1")
     await _until(lambda: "welder-1" not in a.registry)
 
