@@ -185,3 +185,27 @@ async def test_a_delivery_whose_attempts_ran_out_on_a_dead_node_is_dead_lettered
             await asyncio.sleep(0.05)
     with contextlib.suppress(Exception):
         await doomed.close()
+
+
+async def test_resume_before_attach_skips_settled_and_leaves_nothing_attached(
+    nodes: list[Hub],
+) -> None:
+    a, _ = nodes
+    await a.channels.create("cell", announce=False)
+    first = await a.subscribe("r1", "cell")
+    await first.close()
+    sent = [await a.publish("cell", i, sender="ctl") for i in range(3)]
+    # A reconnecting agent's hello says what it processed before it listens (session order).
+    assert a.bus.settle_through("r1", "cell", sent[0].seq) == 0
+    sub = await a.subscribe("r1")
+    got: list[Any] = []
+    async with asyncio.timeout(10):
+        while len(got) < 2:
+            batch = await sub.fetch(timeout=5)
+            if batch is not None:
+                got.extend(batch.messages)
+                await batch.ack()
+    assert [m.id for m in got] == [m.id for m in sent[1:]]
+    await sub.close()
+    bus: Any = a.bus
+    await _until(lambda: "r1" not in bus._attached)  # released: nothing held for a ghost

@@ -87,6 +87,8 @@ class NatsBus(NatsChannels, NatsFanout):
         self._members: dict[str, set[str]] = {}
         self._memberships: dict[str, set[str]] = {}
         self._attached: dict[str, NatsMember] = {}
+        # Resume marks (hello) for members not attached here yet: member -> channel -> seq.
+        self._resume: dict[str, dict[str, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._replies: list[tuple[str, bytes]] = []
         self._eph_seq = itertools.count(1)
@@ -334,6 +336,7 @@ class NatsBus(NatsChannels, NatsFanout):
         nm = self._attached.get(member_id)
         if nm is None:
             nm = self._attached[member_id] = NatsMember(self, member_id)
+            nm.resume.update(self._resume.pop(member_id, {}))
             self.spawn(self._attach_later(nm))
         nm.consumers.add(consumer)
         return nm
@@ -415,4 +418,10 @@ class NatsBus(NatsChannels, NatsFanout):
             self.spawn(nm.release())
 
     def settle_through(self, member: str, channel: str, seq: int) -> int:
-        return self._attach(member, -1).settle_through(channel, seq) if member else 0
+        nm = self._attached.get(member)
+        if nm is not None:
+            return nm.settle_through(channel, seq)
+        # Not attached here (yet): what it settled is skipped when its deliveries are pulled.
+        marks = self._resume.setdefault(member, {})
+        marks[channel] = max(marks.get(channel, 0), seq)
+        return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,6 @@ import msgspec
 
 from fleetchat.backends.local_member import Batch, MemberState
 from fleetchat.backends.nats_layout import LANES
-from fleetchat.errors import ClosedError
 from fleetchat.models import Message
 from fleetchat.types import PRIORITIES, PRIORITY_RANK
 
@@ -399,10 +398,3 @@ class NatsMember:
             lane[:] = keep
         self.state.queued -= settled
         return settled
-
-    def check_open(self) -> None:
-        if self.bus.closed:
-            raise ClosedError("the hub is closed")
-
-
-Listener = Callable[[], None]
