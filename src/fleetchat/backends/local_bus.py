@@ -17,6 +17,7 @@ from typing import Any
 
 from fleetchat.backends.local_delivery import DLQ_CHANNEL, HUB_SENDER, Consuming, resolve
 from fleetchat.backends.local_member import Batch, Cursor, MemberState
+from fleetchat.backends.local_upkeep import Upkeep
 from fleetchat.backends.memory import MemoryLog
 from fleetchat.backends.ports import ChannelLog, CursorRecord, DeliveryObserver
 from fleetchat.config import ChatSettings, StorageSettings
@@ -51,7 +52,7 @@ class _ChannelState:
         self.member_list = [(members[m], c) for m, c in self.members.items()]
 
 
-class LocalBus(Consuming):
+class LocalBus(Consuming, Upkeep):
     """The in-process Bus over a ChannelLog (memory or SQLite) plus a MemoryLog for ephemerals."""
 
     def __init__(
@@ -358,101 +359,3 @@ class LocalBus(Consuming):
             self._member(member_id).push(rank, message)
             sent += 1
         return sent
-
-    # -- history and maintenance ----------------------------------------------------------
-
-    async def history(
-        self,
-        channel: str,
-        *,
-        start_seq: int | None = None,
-        end_seq: int | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 1000,
-        tail: bool = False,
-    ) -> list[Message]:
-        st = self._state(channel)
-        log = st.log
-        if not tail:
-            return log.history(
-                channel, start_seq=start_seq, end_seq=end_seq, since=since, until=until, limit=limit
-            )
-        if limit < 1:
-            return []
-        # The newest matches: walk back from the newest seq in windows that double in size, so
-        # a tail of 100 reads about 100 messages however long the channel is, and a sparse
-        # match (gaps, a time filter) still costs a few reads, not one per message.
-        low = max(start_seq or 1, log.first_seq(channel))
-        high = st.committed if end_seq is None else min(end_seq, st.committed)
-        if since is not None and low <= high:
-            # Nothing older than the oldest match can match: stop the walk there.
-            first = log.history(
-                channel, start_seq=low, end_seq=high, since=since, until=None, limit=1
-            )
-            if not first:
-                return []
-            low = first[0].seq
-        windows: list[list[Message]] = []
-        found, span = 0, limit
-        while high >= low and found < limit:
-            start = max(high - span + 1, low)
-            window = log.history(
-                channel,
-                start_seq=start,
-                end_seq=high,
-                since=since,
-                until=until,
-                limit=high - start + 1,
-            )
-            windows.append(window)
-            found += len(window)
-            high, span = start - 1, span * 2
-        out = [m for window in reversed(windows) for m in window]
-        return out[-limit:] if len(out) > limit else out
-
-    async def purge(self, channel: str) -> int:
-        """Delete every message of ``channel`` (its seq numbers go on from where they were)."""
-        st = self._state(channel)
-        return await st.log.trim(channel, keep=0, older_than=None)
-
-    def _flush_cursors(self) -> None:
-        dirty, self._dirty[:] = list(self._dirty), []
-        records = []
-        for cur in dirty:
-            cur.dirty = False
-            member = self._members.get(cur.member)
-            if member is None or member.cursors.get(cur.channel) is not cur:
-                continue
-            retries = {k: v for k, v in member.retries.items()} if member.retries else {}
-            records.append(cur.record(retries))
-        if records:
-            self._log.save_cursors(records)
-
-    async def sweep(self) -> None:
-        """Apply every channel's retention (count and age) once."""
-        now = self._clock.time()
-        for st in list(self._channels.values()):
-            spec = st.spec
-            keep = spec.retention_count or (
-                self.settings.ephemeral_retention_count
-                if spec.ephemeral
-                else self.settings.retention_count
-            )
-            age = spec.retention_age or self.settings.retention_age
-            if st.committed - st.swept_seq <= keep and age is None:
-                continue
-            st.swept_seq = st.committed
-            await st.log.trim(spec.name, keep=keep, older_than=None if age is None else now - age)
-
-    async def _maintain(self) -> None:
-        last_sweep = self._clock.monotonic()
-        while True:
-            await self._clock.sleep(self.storage.cursor_flush_interval)
-            try:
-                self._flush_cursors()
-                if self._clock.monotonic() - last_sweep >= self.storage.maintenance_interval:
-                    last_sweep = self._clock.monotonic()
-                    await self.sweep()
-            except Exception:
-                log.exception("bus maintenance failed; will retry")
