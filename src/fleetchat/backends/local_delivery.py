@@ -6,7 +6,6 @@ bus's member and channel state.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from fleetchat.backends.local_member import Batch, Cursor, MemberState
+from fleetchat.backends.local_member import Batch, Cursor, MemberState, resolve, wait_for_batch
 from fleetchat.config import ChatSettings
 from fleetchat.errors import ClosedError
 from fleetchat.models import DeadLetter, FailReason, Message
@@ -24,7 +23,7 @@ if TYPE_CHECKING:
     from fleetchat.backends.local_bus import _ChannelState
     from fleetchat.backends.ports import DeliveryObserver
 
-__all__ = ["DLQ_CHANNEL", "HUB_SENDER", "Consuming", "resolve"]
+__all__ = ["DLQ_CHANNEL", "HUB_SENDER", "Consuming", "dead_letter_message", "resolve"]
 
 log = logging.getLogger(__name__)
 
@@ -56,32 +55,13 @@ class Consuming:
     ) -> Batch | None:
         """Next batch for ``member_id``, waiting up to ``timeout`` seconds (None: forever)."""
         member = self._member(member_id)
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else self._clock.monotonic() + timeout
-        while True:
-            batch = self.poll(member_id, consumer, max_items)
-            if batch is not None:
-                return batch
-            remaining = None if deadline is None else deadline - self._clock.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
-            fut: asyncio.Future[None] = loop.create_future()
-            listener = member.listeners[consumer] = partial(resolve, fut)
-            timer = (
-                None
-                if remaining is None
-                else self._clock.call_later(remaining, partial(resolve, fut))
-            )
-            try:
-                await fut
-            finally:
-                detached = member.listeners.get(consumer) is not listener
-                if not detached:
-                    del member.listeners[consumer]
-                if timer is not None:
-                    timer.cancel()
-            if detached:
-                raise ClosedError("the subscription is closed")
+        return await wait_for_batch(
+            partial(self.poll, member_id, consumer, max_items),
+            lambda: member,
+            consumer,
+            timeout,
+            self._clock,
+        )
 
     def poll(self, member_id: str, consumer: int, max_items: int) -> Batch | None:
         """The next batch for ``member_id`` if one is ready now, without waiting."""
@@ -254,16 +234,15 @@ class Consuming:
             member.delayed -= len(msgs)
         if self._closed:
             return
-        fronts: tuple[list[Message], ...] = ([], [], [], [])
-        for m in msgs:
-            cur = member.cursors.get(m.channel)
-            if cur is None or (cur.durable and cur.is_settled(m.seq)):
-                continue  # left the channel, or settled meanwhile
-            fronts[PRIORITY_RANK[m.priority]].append(m)
-        for lane, front in zip(member.lanes, fronts, strict=True):
-            if front:
-                lane[0:0] = front  # ahead of what is queued, in the given order
-                member.queued += len(front)
+        cursors = member.cursors
+        member.put_front(
+            [
+                m
+                for m in msgs
+                if (cur := cursors.get(m.channel)) is not None  # not left the channel
+                and not (cur.durable and cur.is_settled(m.seq))  # nor settled meanwhile
+            ]
+        )
         member.wake()
 
     def settle_through(self, member_id: str, channel: str, seq: int) -> int:
@@ -297,13 +276,7 @@ class Consuming:
         listener = member.listeners.pop(consumer, None)
         if listener is not None:
             listener()  # a fetch waiting for this consumer looks again, and finds it detached
-        returned: list[Message] = []
-        for batch in [b for b in member.batches if b.consumer == consumer]:
-            returned.extend(m for m, o in zip(batch.items, batch.open, strict=True) if o)
-            batch.open = [False] * len(batch.items)
-            member.inflight -= batch.pending
-            batch.pending = 0
-            self._finish(batch)
+        returned = member.withdraw(consumer)
         # Back in the order they were committed, ahead of everything still queued.
         returned.sort(key=lambda m: (m.created_at, m.seq))
         self._requeue(member, returned, False)
@@ -329,19 +302,7 @@ class Consuming:
         if self._closed:
             return
         self._observer.on_dead_letter(member.id, m, attempts, reason)
-        now = self._clock.time()
-        body = DeadLetter(
-            member=member.id, message=m, reason=reason, attempts=attempts, dead_at=now
-        )
-        letter = Message(
-            id=new_id(),
-            channel=DLQ_CHANNEL,
-            sender=HUB_SENDER,
-            kind="system",
-            body=msgspec.to_builtins(body),
-            priority=m.priority,
-            created_at=now,
-        )
+        letter = dead_letter_message(member.id, m, attempts, reason, self._clock.time())
         self._spawn(self.publish([letter], self.settings.publish_timeout))
 
     def _refill(self, member: MemberState) -> None:
@@ -388,6 +349,17 @@ class Consuming:
             self._observer.on_dropped(member.id, cur.channel, lost)
 
 
-def resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+def dead_letter_message(
+    member: str, m: Message, attempts: int, reason: FailReason, now: float
+) -> Message:
+    """The ``$dlq`` message recording that ``member`` gave up on ``m`` (every bus writes it)."""
+    body = DeadLetter(member=member, message=m, reason=reason, attempts=attempts, dead_at=now)
+    return Message(
+        id=new_id(),
+        channel=DLQ_CHANNEL,
+        sender=HUB_SENDER,
+        kind="system",
+        body=msgspec.to_builtins(body),
+        priority=m.priority,
+        created_at=now,
+    )

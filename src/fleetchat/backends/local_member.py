@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from fleetchat.backends.ports import CursorRecord
+from fleetchat.errors import ClosedError
 from fleetchat.models import Message
+from fleetchat.types import PRIORITY_RANK
 
 if TYPE_CHECKING:
     from fleetchat.config import QosSettings
-    from fleetchat.types import TimerHandle
+    from fleetchat.types import Clock, TimerHandle
 
-__all__ = ["Batch", "Cursor", "MemberState"]
+__all__ = ["Batch", "Cursor", "MemberState", "resolve", "wait_for_batch"]
 
 
 class Cursor:
@@ -170,6 +173,30 @@ class MemberState:
                 if not fut.done():
                     fut.set_result(None)
 
+    def withdraw(self, consumer: int) -> list[Message]:
+        """Close ``consumer``'s batches; the items it left open (not acked or failed)."""
+        back: list[Message] = []
+        for batch in [b for b in self.batches if b.consumer == consumer]:
+            back.extend(m for m, o in zip(batch.items, batch.open, strict=True) if o)
+            batch.open = [False] * len(batch.items)
+            self.inflight -= batch.pending
+            batch.pending = 0
+            if batch.timer is not None:
+                batch.timer.cancel()
+                batch.timer = None
+            del self.batches[batch]
+        return back
+
+    def put_front(self, messages: list[Message]) -> None:
+        """Queue ``messages`` ahead of what is queued, each in its lane, in the given order."""
+        fronts: tuple[list[Message], ...] = ([], [], [], [])
+        for m in messages:
+            fronts[PRIORITY_RANK[m.priority]].append(m)
+        for lane, front in zip(self.lanes, fronts, strict=True):
+            if front:
+                lane[0:0] = front
+                self.queued += len(front)
+
     def take(self, max_items: int) -> tuple[int, list[Message]]:
         """Pop up to ``max_items`` from the highest non-empty lane: (rank, messages)."""
         for rank, lane in enumerate(self.lanes):
@@ -191,3 +218,46 @@ class MemberState:
             lane.extend(keep)
         self.queued -= dropped
         return dropped
+
+
+def resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def wait_for_batch(
+    poll: Callable[[], Batch | None],
+    member: Callable[[], MemberState],
+    consumer: int,
+    timeout: float | None,
+    clock: Clock,
+) -> Batch | None:
+    """``poll()`` until it gives a batch or ``timeout`` seconds pass (None: forever), waiting in
+    between as ``consumer``'s listener on ``member()``.
+
+    Raises:
+        ClosedError: the consumer was detached while it waited (or ``poll`` raises it).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else clock.monotonic() + timeout
+    while True:
+        batch = poll()
+        if batch is not None:
+            return batch
+        remaining = None if deadline is None else deadline - clock.monotonic()
+        if remaining is not None and remaining <= 0:
+            return None
+        listeners = member().listeners
+        fut: asyncio.Future[None] = loop.create_future()
+        listener = listeners[consumer] = partial(resolve, fut)
+        timer = None if remaining is None else clock.call_later(remaining, listener)
+        try:
+            await fut
+        finally:
+            detached = listeners.get(consumer) is not listener
+            if not detached:
+                del listeners[consumer]
+            if timer is not None:
+                timer.cancel()
+        if detached:
+            raise ClosedError("the subscription is closed")

@@ -20,11 +20,13 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Coroutine, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from fleetchat.backends.local_delivery import DLQ_CHANNEL, HUB_SENDER
+from fleetchat.backends.local_delivery import DLQ_CHANNEL, dead_letter_message
+from fleetchat.backends.local_member import Batch, wait_for_batch
 from fleetchat.backends.nats_channels import NatsChannels
 from fleetchat.backends.nats_conn import connect_nats, server_features
 from fleetchat.backends.nats_fanout import NatsFanout
@@ -37,7 +39,7 @@ from fleetchat.errors import (
     ChannelExistsError,
     ClosedError,
 )
-from fleetchat.models import Channel, DeadLetter, Message
+from fleetchat.models import Channel, Message
 from fleetchat.types import PRIORITY_RANK, Clock, new_id
 
 if TYPE_CHECKING:
@@ -300,17 +302,7 @@ class NatsBus(NatsChannels, NatsFanout):
 
     def dead_letter(self, member: str, m: Message, attempts: int, reason: Any) -> None:
         self.observer.on_dead_letter(member, m, attempts, reason)
-        now = self.clock.time()
-        body = DeadLetter(member=member, message=m, reason=reason, attempts=attempts, dead_at=now)
-        letter = Message(
-            id=new_id(),
-            channel=DLQ_CHANNEL,
-            sender=HUB_SENDER,
-            kind="system",
-            body=msgspec.to_builtins(body),
-            priority=m.priority,
-            created_at=now,
-        )
+        letter = dead_letter_message(member, m, attempts, reason, self.clock.time())
         self.spawn(self.publish([letter], self.settings.publish_timeout))
 
     # -- consuming ------------------------------------------------------------------------
@@ -360,35 +352,14 @@ class NatsBus(NatsChannels, NatsFanout):
 
     async def fetch(
         self, member: str, consumer: int, max_items: int, timeout: float | None
-    ) -> NatsBatch | None:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else self.clock.monotonic() + timeout
-        while True:
-            batch = self.poll(member, consumer, max_items)
-            if batch is not None:
-                return batch
-            remaining = None if deadline is None else deadline - self.clock.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
-            nm = self._attached[member]
-            fut: asyncio.Future[None] = loop.create_future()
-
-            def wake(fut: asyncio.Future[None] = fut) -> None:
-                if not fut.done():
-                    fut.set_result(None)
-
-            nm.state.listeners[consumer] = wake
-            timer = None if remaining is None else self.clock.call_later(remaining, wake)
-            try:
-                await fut
-            finally:
-                detached = nm.state.listeners.get(consumer) is not wake
-                if not detached:
-                    del nm.state.listeners[consumer]
-                if timer is not None:
-                    timer.cancel()
-            if detached or self.closed:
-                raise ClosedError("the subscription is closed")
+    ) -> Batch | None:
+        return await wait_for_batch(
+            partial(self.poll, member, consumer, max_items),
+            lambda: self._attached[member].state,
+            consumer,
+            timeout,
+            self.clock,
+        )
 
     def ack(self, batch: Any, index: int | None = None) -> int:
         nm = self._attached.get(batch.member.id)

@@ -368,21 +368,8 @@ class NatsMember:
         state = self.state
         state.listeners.pop(consumer, None)
         self.consumers.discard(consumer)
-        back: list[Message] = []
-        for batch in [b for b in state.batches if b.consumer == consumer]:
-            back.extend(m for m, o in zip(batch.items, batch.open, strict=True) if o)
-            batch.open = [False] * len(batch.items)
-            state.inflight -= batch.pending
-            batch.pending = 0
-            if batch.timer is not None:
-                batch.timer.cancel()
-            state.batches.pop(batch, None)
-        fronts: list[list[Message]] = [[] for _ in range(LANES)]
-        for m in sorted(back, key=lambda m: (m.created_at, m.seq)):
-            fronts[PRIORITY_RANK[m.priority]].append(m)
-        for lane, front in zip(state.lanes, fronts, strict=True):
-            lane[0:0] = front
-            state.queued += len(front)
+        back = state.withdraw(consumer)
+        state.put_front(sorted(back, key=lambda m: (m.created_at, m.seq)))
 
     def settle_through(self, channel: str, seq: int) -> int:
         self.resume[channel] = max(self.resume.get(channel, 0), seq)
