@@ -1,7 +1,8 @@
-"""The consuming half of the LocalBus: fetch, ack, nack, retries, dead letters, page-in.
+"""The consuming half of a bus: fetch, ack, nack, retries and dead letters, on member state.
 
-``Consuming`` is a mixin of :class:`fleetchat.backends.local_bus.LocalBus`; it works on the
-bus's member and channel state.
+``Consuming`` is a mixin of :class:`fleetchat.backends.local_bus.LocalBus` and
+:class:`fleetchat.backends.nats_bus.NatsBus`: both keep each member's queue and cursors in a
+:class:`MemberState`; how a lagging member's backlog is brought in (``_refill``) is theirs.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from fleetchat.backends.local_member import Batch, Cursor, MemberState, resolve, wait_for_batch
+from fleetchat.backends.local_member import Batch, MemberState, resolve, wait_for_batch
 from fleetchat.config import ChatSettings
 from fleetchat.errors import ClosedError
 from fleetchat.models import DeadLetter, FailReason, Message
-from fleetchat.types import PRIORITIES, PRIORITY_RANK, Clock, new_id
+from fleetchat.types import PRIORITIES, Clock, new_id
 
 if TYPE_CHECKING:
-    from fleetchat.backends.local_bus import _ChannelState
     from fleetchat.backends.ports import DeliveryObserver
 
 __all__ = ["DLQ_CHANNEL", "HUB_SENDER", "Consuming", "dead_letter_message", "resolve"]
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 DLQ_CHANNEL = "$dlq"
 HUB_SENDER = "$hub"
-_READ_PAGE = 512
 
 
 class Consuming:
@@ -38,7 +37,6 @@ class Consuming:
     settings: ChatSettings
     _clock: Clock
     _observer: DeliveryObserver
-    _channels: dict[str, _ChannelState]
     _members: dict[str, MemberState]
     _closed: bool
 
@@ -49,6 +47,9 @@ class Consuming:
         def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
 
         async def publish(self, messages: list[Message], timeout: float) -> list[Message]: ...
+
+        def _refill(self, member: MemberState) -> None:
+            """Bring a lagging member's backlog into its queue, as far as its room allows."""
 
     async def fetch(
         self, member_id: str, consumer: int, max_items: int, timeout: float | None
@@ -245,29 +246,6 @@ class Consuming:
         )
         member.wake()
 
-    def settle_through(self, member_id: str, channel: str, seq: int) -> int:
-        """The member says it processed everything of ``channel`` up to ``seq``: settle those
-        (a client-held cursor, sent on reconnect). Returns how many were newly settled."""
-        member = self._members.get(member_id)
-        st = self._channels.get(channel)
-        cur = member.cursors.get(channel) if member else None
-        if member is None or st is None or cur is None or not cur.durable:
-            return 0
-        upto = min(seq, st.committed)
-        settled = 0
-        for s in range(cur.floor + 1, upto + 1):
-            if not cur.is_settled(s):
-                cur.settle(s)
-                settled += 1
-        if settled:
-            for lane in member.lanes:
-                keep = [m for m in lane if m.channel != channel or m.seq > upto]
-                member.queued -= len(lane) - len(keep)
-                lane.clear()
-                lane.extend(keep)
-            cur.fetched = max(cur.fetched, upto)
-        return settled
-
     def detach(self, member_id: str, consumer: int) -> None:
         """A consumer went away: its open deliveries go back to the queue, attempts unchanged."""
         member = self._members.get(member_id)
@@ -304,49 +282,6 @@ class Consuming:
         self._observer.on_dead_letter(member.id, m, attempts, reason)
         letter = dead_letter_message(member.id, m, attempts, reason, self._clock.time())
         self._spawn(self.publish([letter], self.settings.publish_timeout))
-
-    def _refill(self, member: MemberState) -> None:
-        """Page a lagging member's backlog in from the logs, as far as its room allows."""
-        for name in list(member.lagging):
-            st = self._channels.get(name)
-            cur = member.cursors.get(name)
-            if st is None or cur is None:
-                member.lagging.pop(name, None)
-                continue
-            while cur.fetched < st.committed:
-                room = member.room
-                if room <= 0:
-                    return
-                msgs = st.log.read(name, cur.fetched, min(room, _READ_PAGE))
-                if not msgs:
-                    self._skip(member, cur, st.committed)
-                    break
-                for m in msgs:
-                    if m.seq > st.committed:
-                        break
-                    if m.seq > cur.fetched + 1:
-                        self._skip(member, cur, m.seq - 1)
-                    cur.fetched = m.seq
-                    if cur.durable and cur.is_settled(m.seq):
-                        continue
-                    if m.sender == member.id:
-                        if cur.durable:
-                            cur.settle(m.seq)
-                        continue
-                    # No wake-up per message: the callers (poll, _after_room) deliver them.
-                    member.lanes[PRIORITY_RANK[m.priority]].append(m)
-                    member.queued += 1
-            member.lagging.pop(name, None)
-
-    def _skip(self, member: MemberState, cur: Cursor, upto: int) -> None:
-        """Seqs up to ``upto`` are gone from the log (retention): count them and move on."""
-        lost = sum(1 for s in range(cur.fetched + 1, upto + 1) if not cur.is_settled(s))
-        for s in range(cur.fetched + 1, upto + 1):
-            if cur.durable:
-                cur.settle(s)
-        cur.fetched = max(cur.fetched, upto)
-        if lost:
-            self._observer.on_dropped(member.id, cur.channel, lost)
 
 
 def dead_letter_message(

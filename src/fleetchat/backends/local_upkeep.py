@@ -1,4 +1,4 @@
-"""History reads and upkeep of the LocalBus: tails, purge, cursor saves, retention sweeps.
+"""Log work of the LocalBus: history tails, purge, cursor saves, retention, page-in, resume.
 
 ``Upkeep`` is a mixin of :class:`fleetchat.backends.local_bus.LocalBus`; it works on the bus's
 channel and member state.
@@ -11,24 +11,27 @@ from typing import TYPE_CHECKING
 
 from fleetchat.config import ChatSettings, StorageSettings
 from fleetchat.models import Message
-from fleetchat.types import Clock
+from fleetchat.types import PRIORITY_RANK, Clock
 
 if TYPE_CHECKING:
     from fleetchat.backends.local_bus import _ChannelState
     from fleetchat.backends.local_member import Cursor, MemberState
-    from fleetchat.backends.ports import ChannelLog
+    from fleetchat.backends.ports import ChannelLog, DeliveryObserver
 
 __all__ = ["Upkeep"]
 
 log = logging.getLogger(__name__)
 
+_READ_PAGE = 512
+
 
 class Upkeep:
-    """History, purge, cursor saves and retention for the LocalBus."""
+    """History, purge, cursor saves, retention and page-in for the LocalBus."""
 
     settings: ChatSettings
     storage: StorageSettings
     _clock: Clock
+    _observer: DeliveryObserver
     _log: ChannelLog
     _channels: dict[str, _ChannelState]
     _members: dict[str, MemberState]
@@ -135,3 +138,71 @@ class Upkeep:
                     await self.sweep()
             except Exception:
                 log.exception("bus maintenance failed; will retry")
+
+    # -- page-in and resume -----------------------------------------------------------------
+
+    def settle_through(self, member_id: str, channel: str, seq: int) -> int:
+        """The member says it processed everything of ``channel`` up to ``seq``: settle those
+        (a client-held cursor, sent on reconnect). Returns how many were newly settled."""
+        member = self._members.get(member_id)
+        st = self._channels.get(channel)
+        cur = member.cursors.get(channel) if member else None
+        if member is None or st is None or cur is None or not cur.durable:
+            return 0
+        upto = min(seq, st.committed)
+        settled = 0
+        for s in range(cur.floor + 1, upto + 1):
+            if not cur.is_settled(s):
+                cur.settle(s)
+                settled += 1
+        if settled:
+            for lane in member.lanes:
+                keep = [m for m in lane if m.channel != channel or m.seq > upto]
+                member.queued -= len(lane) - len(keep)
+                lane.clear()
+                lane.extend(keep)
+            cur.fetched = max(cur.fetched, upto)
+        return settled
+
+    def _refill(self, member: MemberState) -> None:
+        """Page a lagging member's backlog in from the logs, as far as its room allows."""
+        for name in list(member.lagging):
+            st = self._channels.get(name)
+            cur = member.cursors.get(name)
+            if st is None or cur is None:
+                member.lagging.pop(name, None)
+                continue
+            while cur.fetched < st.committed:
+                room = member.room
+                if room <= 0:
+                    return
+                msgs = st.log.read(name, cur.fetched, min(room, _READ_PAGE))
+                if not msgs:
+                    self._skip(member, cur, st.committed)
+                    break
+                for m in msgs:
+                    if m.seq > st.committed:
+                        break
+                    if m.seq > cur.fetched + 1:
+                        self._skip(member, cur, m.seq - 1)
+                    cur.fetched = m.seq
+                    if cur.durable and cur.is_settled(m.seq):
+                        continue
+                    if m.sender == member.id:
+                        if cur.durable:
+                            cur.settle(m.seq)
+                        continue
+                    # No wake-up per message: the callers (poll, _after_room) deliver them.
+                    member.lanes[PRIORITY_RANK[m.priority]].append(m)
+                    member.queued += 1
+            member.lagging.pop(name, None)
+
+    def _skip(self, member: MemberState, cur: Cursor, upto: int) -> None:
+        """Seqs up to ``upto`` are gone from the log (retention): count them and move on."""
+        lost = sum(1 for s in range(cur.fetched + 1, upto + 1) if not cur.is_settled(s))
+        for s in range(cur.fetched + 1, upto + 1):
+            if cur.durable:
+                cur.settle(s)
+        cur.fetched = max(cur.fetched, upto)
+        if lost:
+            self._observer.on_dropped(member.id, cur.channel, lost)
