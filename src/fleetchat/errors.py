@@ -18,12 +18,14 @@ __all__ = [
     "ClosedError",
     "ConfigError",
     "ConflictError",
+    "DeadlockError",
     "FencedError",
     "FleetchatError",
     "ForbiddenError",
     "HubUnavailableError",
     "InvalidIdError",
     "InvalidInputError",
+    "LeaseTimeoutError",
     "MessageTooLargeError",
     "NotFoundError",
     "RateLimitedError",
@@ -163,6 +165,21 @@ class FencedError(ConflictError):
     fencing epoch or token is stale); refused, nothing written."""
 
     code = "fenced"
+
+
+class DeadlockError(ConflictError):
+    """A lease wait closed a cycle of agents waiting on each other's resources; the wait of
+    lowest priority in the cycle fails with this, so the others can go on. ``details`` name
+    the resource and the cycle. The agent should release what it holds and try again."""
+
+    code = "deadlock"
+
+
+class LeaseTimeoutError(FleetchatError, TimeoutError):
+    """A lease was not granted within the acquire's timeout (someone else held it, or others
+    were ahead in the queue); the wait was withdrawn, nothing is held."""
+
+    code = "lease_timeout"
 
 
 def _all_subclasses(cls: type[FleetchatError]) -> list[type[FleetchatError]]:

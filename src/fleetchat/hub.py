@@ -26,6 +26,7 @@ from fleetchat.chat.requests import RequestRouter
 from fleetchat.chat.subscription import Subscription
 from fleetchat.config import HubSettings
 from fleetchat.errors import ClosedError, ConfigError
+from fleetchat.leases.service import LeaseService
 from fleetchat.models import DeadLetter, Message
 from fleetchat.registry.agents import AgentRegistry
 from fleetchat.registry.sync import RegistrySync
@@ -88,6 +89,7 @@ class Hub:
         channels: create, list, join, leave and read channels.
         registry: agents, capabilities, heartbeats, matching.
         metrics: delivery metrics; ``hub.metrics.snapshot()``.
+        leases: leases on named shared resources (docs/leases.md).
     """
 
     def __init__(self, settings: HubSettings | None = None, *, clock: Clock | None = None) -> None:
@@ -156,6 +158,8 @@ class Hub:
         )
         self._publisher = Publisher(self.bus, self.channels, self.clock, chat)
         self.requests = RequestRouter(self.bus, self.channels, self.clock, chat, self.metrics)
+        # -- leases: on the shared store; a lost holder (registry offline) loses its leases
+        self.leases = LeaseService(store, self.bus, self.clock, registry=self.registry)
         self._state: Literal["new", "open", "closed"] = "new"
 
     @classmethod
@@ -186,6 +190,7 @@ class Hub:
         await self.registry.start()
         if self._registry_sync is not None:
             self._registry_sync.start()
+        await self.leases.start()
         self._state = "open"
         log.info("hub started", extra={"url": self.settings.url})
 
@@ -195,6 +200,7 @@ class Hub:
         self._state = "closed"
         self.requests.close()
         self._receipts.close()
+        await self.leases.close()
         if self._registry_sync is not None:
             await self._registry_sync.close()
         await self.registry.close()

@@ -36,6 +36,8 @@ STABLE_CODES = {
     "BackendError": "backend_error",
     "BackendUnavailableError": "backend_unavailable",
     "FencedError": "fenced",
+    "DeadlockError": "deadlock",
+    "LeaseTimeoutError": "lease_timeout",
     "UnauthenticatedError": "unauthenticated",
     "RateLimitedError": "rate_limited",
     "HubUnavailableError": "hub_unavailable",

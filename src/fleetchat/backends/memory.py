@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import msgspec
 
 from fleetchat.backends.ports import CursorRecord
 from fleetchat.models import AgentInfo, Channel, Message, TokenRecord
+
+if TYPE_CHECKING:
+    from fleetchat.leases.state import Resource
 
 __all__ = ["MemoryLog", "MemoryStore", "select_history"]
 
@@ -191,12 +197,29 @@ class MemoryStore:
     def __init__(self) -> None:
         self._agents: dict[str, AgentInfo] = {}
         self._tokens: dict[str, TokenRecord] = {}
+        self._resources: dict[str, Resource] = {}
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
         return None
+
+    async def load_resource(self, name: str) -> Resource | None:
+        return self._resources.get(name)
+
+    async def load_resources(self) -> list[Resource]:
+        return list(self._resources.values())
+
+    async def save_resource(self, resource: Resource, expected_version: int) -> bool:
+        # Records are frozen, so holding the caller's (with the new version) is safe.
+        held = self._resources.get(resource.name)
+        if (held.version if held is not None else 0) != expected_version:
+            return False
+        self._resources[resource.name] = msgspec.structs.replace(
+            resource, version=expected_version + 1
+        )
+        return True
 
     async def save_agent(self, agent: AgentInfo) -> None:
         self._agents[agent.id] = agent

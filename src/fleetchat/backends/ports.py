@@ -21,6 +21,7 @@ from fleetchat.models import AgentInfo, Channel, Message, TokenRecord
 
 if TYPE_CHECKING:
     from fleetchat.backends.local_member import Batch
+    from fleetchat.leases.state import Resource
 
 __all__ = ["Bus", "ChannelLog", "Coordinator", "CursorRecord", "DeliveryObserver", "Store"]
 
@@ -123,6 +124,23 @@ class Store(Protocol):
         ...
 
     def load_tokens(self) -> list[TokenRecord]: ...
+
+    # Lease resources: the system of record of leases (fleetchat.leases), changed only by
+    # compare-and-set, so that hub nodes sharing the store never grant one lease twice.
+
+    async def load_resource(self, name: str) -> Resource | None:
+        """The stored record of resource ``name`` (its ``version`` set), None if never saved."""
+        ...
+
+    async def load_resources(self) -> list[Resource]:
+        """Every resource record, as one consistent snapshot (deadlock detection reads the
+        wait-for graph from it)."""
+        ...
+
+    async def save_resource(self, resource: Resource, expected_version: int) -> bool:
+        """Store ``resource`` as version ``expected_version + 1`` if the stored version is
+        ``expected_version`` (0: no record yet); False, and nothing written, otherwise."""
+        ...
 
 
 class DeliveryObserver(Protocol):

@@ -30,6 +30,7 @@ from fleetchat.backends.postgres_conn import (
     url_secrets,
     url_where,
 )
+from fleetchat.backends.postgres_leases import PostgresLeases
 from fleetchat.backends.postgres_schema import BOOTSTRAP, LATEST_VERSION, LOCK_KEY, MIGRATIONS
 from fleetchat.errors import BackendError, BackendUnavailableError, ConfigError, FleetchatError
 from fleetchat.models import AgentInfo, TokenRecord
@@ -313,8 +314,9 @@ class PostgresDatabase:
         return BackendError(f"PostgreSQL at {self.where}{what}: {self._scrub(exc)}", **details)
 
 
-class PostgresStore:
-    """Store on a PostgresDatabase (agents and tokens as JSONB rows keyed by id).
+class PostgresStore(PostgresLeases):
+    """Store on a PostgresDatabase (agents and tokens as JSONB rows keyed by id; lease
+    resources in postgres_leases.py, read from the database on every call).
 
     The port's ``load_agents`` and ``load_tokens`` are synchronous, so ``start()`` loads both
     into memory and this store's own writes keep that copy current. Writes made by other hub

@@ -45,6 +45,18 @@ CREATE TABLE tokens (
 CREATE INDEX tokens_by_agent ON tokens (agent_id);
 """,
     ),
+    (
+        2,
+        "lease resources",
+        """
+CREATE TABLE lease_resources (
+    name text PRIMARY KEY,
+    version bigint NOT NULL,
+    data jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+""",
+    ),
 ]
 """(version, name, SQL), in version order."""
 

@@ -1,4 +1,5 @@
-"""SqliteStore: agents and tokens on the shared SqliteDatabase."""
+"""SqliteStore: agents, tokens and lease resources (sqlite_leases.py) on the shared
+SqliteDatabase."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from fleetchat.backends.sqlite_leases import SqliteLeases
 from fleetchat.models import AgentInfo, TokenRecord
 
 if TYPE_CHECKING:
@@ -18,14 +20,14 @@ _decode_agent = msgspec.json.Decoder(AgentInfo).decode
 _decode_token = msgspec.json.Decoder(TokenRecord).decode
 
 
-class SqliteStore:
+class SqliteStore(SqliteLeases):
     """Store on a SqliteDatabase."""
 
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
 
     async def start(self) -> None:
-        return None
+        await self._create_lease_table()
 
     async def close(self) -> None:
         return None
