@@ -1,7 +1,7 @@
 """LeaseService: leases on named shared resources, on any Store, on one node or several.
 
 The Store is the system of record: every change is a pure function of state.py applied by
-compare-and-set (:meth:`LeaseService._update`), so hub nodes sharing a store can never grant a
+compare-and-set (records.py), so hub nodes sharing a store can never grant a
 lease twice, whatever messages they lose. Waiting is local: an acquire that cannot be granted
 at once queues a waiter in the record, then sleeps until woken and reads the record again. It
 is woken by a change this node made to the resource, by another node's broadcast of one (bus
@@ -20,24 +20,20 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import random
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from fleetchat.errors import (
-    BackendError,
     ClosedError,
     ConflictError,
     DeadlockError,
     FleetchatError,
-    InvalidInputError,
     LeaseTimeoutError,
 )
 from fleetchat.leases import state
 from fleetchat.leases.deadlock import find_victims
+from fleetchat.leases.records import Records
+from fleetchat.leases.settings import LeaseSettings, check_seconds
 from fleetchat.leases.state import Lease, LeaseState, Resource, Waiter
 from fleetchat.types import Clock, Priority, check_agent_id, new_id, parse_priority
 
@@ -45,42 +41,9 @@ if TYPE_CHECKING:
     from fleetchat.backends.ports import Bus, Store
     from fleetchat.registry.agents import AgentRegistry, EventStream
 
-__all__ = ["TOPIC", "LeaseService", "LeaseSettings"]
+__all__ = ["LeaseService", "LeaseSettings"]
 
 log = logging.getLogger(__name__)
-
-TOPIC = "leases"
-"""Bus broadcast topic: the name of a resource whose holder or queue changed."""
-_MAX_TRIES = 200
-
-
-@dataclass(frozen=True)
-class LeaseSettings:
-    """Limits and defaults of leases."""
-
-    default_ttl: float = 30.0
-    """Seconds a lease lasts unless renewed, when the acquire names no ``ttl``. Default 30."""
-    max_ttl: float = 3600.0
-    """Longest ``ttl`` accepted, in seconds. Default 3600."""
-    default_timeout: float = 10.0
-    """Seconds an acquire waits when it names no ``timeout``. Default 10."""
-    max_timeout: float = 300.0
-    """Longest acquire ``timeout`` accepted, in seconds. Default 300."""
-    check_interval: float = 1.0
-    """Seconds between sweeps (expiry, deadlocks), and the longest a waiter goes without
-    reading its resource again. Default 1."""
-
-
-def _seconds(value: object, field: str, default: float, high: float, *, zero: bool) -> float:
-    """A duration argument: ``default`` for None; else a number in 0..high (0 only if
-    ``zero``), or InvalidInputError."""
-    if value is None:
-        return default
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not (0 <= value <= high if zero else 0 < value <= high):  # type: ignore[operator]
-        low = "0" if zero else "more than 0"
-        raise InvalidInputError(f"{field} must be {low} to {high:g} seconds", field=field)
-    return float(value)  # type: ignore[arg-type]
 
 
 class LeaseService:
@@ -104,13 +67,11 @@ class LeaseService:
         *,
         registry: AgentRegistry | None = None,
     ) -> None:
-        self._store = store
-        self._bus = bus
+        self._records = Records(store, bus, clock)
         self._clock = clock
         self.settings = settings or LeaseSettings()
         self._registry = registry
         self._events: EventStream | None = None
-        self._wakers: dict[str, dict[str, asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._open = False
 
@@ -118,7 +79,7 @@ class LeaseService:
 
     async def start(self) -> None:
         self._open = True
-        self._bus.on_broadcast(TOPIC, lambda data: self._wake(data.decode()))
+        self._records.start()
         self._spawn(self._sweeper(), "lease-sweeper")
         if self._registry is not None:
             self._events = self._registry.events()
@@ -128,10 +89,7 @@ class LeaseService:
         self._open = False
         if self._events is not None:
             self._events.close()
-        for wakers in self._wakers.values():
-            for fut in wakers.values():
-                if not fut.done():
-                    fut.set_result(None)
+        self._records.wake_all()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -170,8 +128,8 @@ class LeaseService:
         name = check_agent_id(resource, "resource")
         check_agent_id(holder, "holder")
         s = self.settings
-        life = _seconds(ttl, "ttl", s.default_ttl, s.max_ttl, zero=False)
-        wait = _seconds(timeout, "timeout", s.default_timeout, s.max_timeout, zero=True)
+        life = check_seconds(ttl, "ttl", s.default_ttl, s.max_ttl, zero=False)
+        wait = check_seconds(timeout, "timeout", s.default_timeout, s.max_timeout, zero=True)
         rank = parse_priority(priority).value
         self._check_open()
         now = self._clock.time()
@@ -184,7 +142,7 @@ class LeaseService:
             deadline=now + wait,
             ttl=life,
         )
-        r = await self._update(name, lambda x: state.request(x, waiter, self._clock.time()))
+        r = await self._records.update(name, lambda x: state.request(x, waiter, self._clock.time()))
         settled = False
         try:
             lease = await self._wait(name, ticket, r, wait)
@@ -226,9 +184,11 @@ class LeaseService:
         """
         name = check_agent_id(resource, "resource")
         check_agent_id(holder, "holder")
-        life = _seconds(ttl, "ttl", self.settings.default_ttl, self.settings.max_ttl, zero=False)
+        life = check_seconds(
+            ttl, "ttl", self.settings.default_ttl, self.settings.max_ttl, zero=False
+        )
         self._check_open()
-        r = await self._update(
+        r = await self._records.update(
             name, lambda x: state.renew(x, holder, token, life, self._clock.time())
         )
         return state.lease_of(r)
@@ -242,17 +202,19 @@ class LeaseService:
         name = check_agent_id(resource, "resource")
         check_agent_id(holder, "holder")
         self._check_open()
-        await self._update(name, lambda x: state.release(x, holder, token, self._clock.time()))
+        await self._records.update(
+            name, lambda x: state.release(x, holder, token, self._clock.time())
+        )
 
     async def release_all(self, holder: str, *, before: float | None = None) -> int:
         """``holder`` is gone: release its leases (those acquired at or before ``before``,
         default now) and fail its waits. Returns how many leases were released."""
         cutoff = self._clock.time() if before is None else before
         released = 0
-        for r in await self._store.load_resources():
+        for r in await self._records.store.load_resources():
             if r.holder != holder and all(w.holder != holder for w in r.waiters):
                 continue
-            new = await self._update(
+            new = await self._records.update(
                 r.name, lambda x: state.drop_holder(x, holder, cutoff, self._clock.time())
             )
             released += r.holder == holder and new.ticket != r.ticket
@@ -263,13 +225,13 @@ class LeaseService:
     async def get(self, resource: str) -> LeaseState:
         """The resource's holder, last token and queue (free and token 0 if never leased)."""
         name = check_agent_id(resource, "resource")
-        r = await self._store.load_resource(name) or Resource(name=name)
+        r = await self._records.store.load_resource(name) or Resource(name=name)
         return LeaseState.of(state.settle(r, self._clock.time()))
 
     async def list(self) -> list[LeaseState]:
         """Every resource ever leased, by name."""
         now = self._clock.time()
-        found = await self._store.load_resources()
+        found = await self._records.store.load_resources()
         return [LeaseState.of(state.settle(r, now)) for r in sorted(found, key=lambda r: r.name)]
 
     # -- waiting --------------------------------------------------------------------------
@@ -283,27 +245,31 @@ class LeaseService:
             if got is None:
                 raise self._timeout(r, timeout)
             if got.failed is not None:
-                await self._update(name, lambda x: state.cancel(x, ticket, self._clock.time()))
+                await self._records.update(
+                    name, lambda x: state.cancel(x, ticket, self._clock.time())
+                )
                 if got.failed == "deadlock":
                     raise DeadlockError(got.reason, resource=name, holder=got.holder)
                 raise ConflictError(got.reason, resource=name, holder=got.holder, reason=got.failed)
             now = self._clock.time()
             if now >= got.deadline:
-                r = await self._update(name, lambda x: state.cancel(x, ticket, self._clock.time()))
+                r = await self._records.update(
+                    name, lambda x: state.cancel(x, ticket, self._clock.time())
+                )
                 granted = state.outcome(r, ticket)  # a grant that won the race still counts
                 if isinstance(granted, Lease):
                     return granted
                 raise self._timeout(r, timeout)
             if not looked:
                 looked = True
-                await self._break_deadlocks(await self._store.load_resources())
+                await self._break_deadlocks(await self._records.store.load_resources())
             else:
                 until = min(got.deadline, now + self.settings.check_interval)
                 if r.holder is not None:
                     until = min(until, r.expires_at)
-                await self._sleep(name, ticket, until - now)
+                await self._records.sleep(name, ticket, until - now)
                 self._check_open()
-            r = await self._update(name, lambda x: state.settle(x, self._clock.time()))
+            r = await self._records.update(name, lambda x: state.settle(x, self._clock.time()))
 
     def _timeout(self, r: Resource, timeout: float) -> LeaseTimeoutError:
         ahead = f", {len(r.waiters)} waiting" if r.waiters else ""
@@ -315,62 +281,24 @@ class LeaseService:
             held_by=r.holder,
         )
 
-    async def _sleep(self, name: str, ticket: str, delay: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._wakers.setdefault(name, {})[ticket] = fut
-
-        def ring() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        handle = self._clock.call_later(delay, ring)
-        try:
-            await fut
-        finally:
-            handle.cancel()
-            wakers = self._wakers.get(name, {})
-            if wakers.get(ticket) is fut:
-                del wakers[ticket]
-                if not wakers:
-                    self._wakers.pop(name, None)
-
-    def _wake(self, name: str) -> None:
-        for fut in self._wakers.get(name, {}).values():
-            if not fut.done():
-                fut.set_result(None)
+    async def _cancel(self, name: str, ticket: str) -> Resource:
+        return await self._records.update(
+            name, lambda x: state.cancel(x, ticket, self._clock.time())
+        )
 
     async def _abandon(self, name: str, ticket: str) -> None:
         """Withdraw a wait whose caller went away; release the lease if it was granted."""
         try:
-            r = await self._update(name, lambda x: state.cancel(x, ticket, self._clock.time()))
+            r = await self._records.update(
+                name, lambda x: state.cancel(x, ticket, self._clock.time())
+            )
             got = state.outcome(r, ticket)
             if isinstance(got, Lease):
-                await self._update(
+                await self._records.update(
                     name, lambda x: state.release(x, got.holder, got.token, self._clock.time())
                 )
         except FleetchatError:
             log.warning("could not withdraw an abandoned lease wait", extra={"resource": name})
-
-    # -- store ----------------------------------------------------------------------------
-
-    async def _update(self, name: str, change: Callable[[Resource], Resource]) -> Resource:
-        """Apply ``change`` to the stored record by compare-and-set, retrying on conflict.
-        Returns the record as stored (or as read, when ``change`` left it as it was)."""
-        for attempt in range(_MAX_TRIES):
-            old = await self._store.load_resource(name) or Resource(name=name)
-            new = change(old)
-            if new is old:
-                return old
-            if await self._store.save_resource(new, old.version):
-                if _moved(old, new):
-                    self._wake(name)
-                    try:
-                        self._bus.broadcast(TOPIC, name.encode())
-                    except Exception:  # the periodic re-check covers a lost wake-up
-                        log.warning("lease broadcast failed", extra={"resource": name})
-                return msgspec.structs.replace(new, version=old.version + 1)
-            await asyncio.sleep(random.uniform(0, min(0.0005 * attempt, 0.02)))
-        raise BackendError(f"the lease record {name!r} kept changing under {_MAX_TRIES} updates")
 
     async def _break_deadlocks(self, resources: builtins.list[Resource]) -> None:
         for victim in find_victims(resources):
@@ -378,7 +306,7 @@ class LeaseService:
                 "lease deadlock broken",
                 extra={"resource": victim.resource, "holder": victim.holder},
             )
-            await self._update(
+            await self._records.update(
                 victim.resource,
                 lambda x, v=victim: state.fail(x, v.ticket, "deadlock", v.message()),  # type: ignore[misc]
             )
@@ -388,10 +316,10 @@ class LeaseService:
     async def sweep(self) -> None:
         """One pass of the sweeper: expire what is due, break deadlocks."""
         now = self._clock.time()
-        found = await self._store.load_resources()
+        found = await self._records.store.load_resources()
         for r in found:
             if state.settle(r, now) is not r:
-                await self._update(r.name, lambda x: state.settle(x, self._clock.time()))
+                await self._records.update(r.name, lambda x: state.settle(x, self._clock.time()))
         await self._break_deadlocks([state.settle(r, now) for r in found])
 
     async def _sweeper(self) -> None:
@@ -410,12 +338,3 @@ class LeaseService:
                 await self.release_all(event.agent_id, before=event.at)
             except Exception:
                 log.exception("releasing a lost holder's leases failed")
-
-
-def _moved(old: Resource, new: Resource) -> bool:
-    """Whether a waiter can see a difference: a grant, a release, or a wait marked failed."""
-    if (old.ticket, old.token) != (new.ticket, new.token):
-        return True
-    return sum(w.failed is not None for w in old.waiters) != sum(
-        w.failed is not None for w in new.waiters
-    )
