@@ -1,0 +1,31 @@
+"""Tasks: allocation of tasks to agents (best, batch, auction) and performance from outcomes."""
+
+from __future__ import annotations
+
+from fleetchat.tasks.allocator import TaskAllocator, allocate_best, decide, pick_best
+from fleetchat.tasks.auction import Bid, ScoredBid, lowest_cost, rank_bids, weighted_rule
+from fleetchat.tasks.batch import Quality, assignment_quality, batch_assign, optimal_total
+from fleetchat.tasks.performance import Outcome, update_performance
+from fleetchat.tasks.policy import AllocationPolicy, Decision, TaskSpec, Verdict
+
+__all__ = [
+    "AllocationPolicy",
+    "Bid",
+    "Decision",
+    "Outcome",
+    "Quality",
+    "ScoredBid",
+    "TaskAllocator",
+    "TaskSpec",
+    "Verdict",
+    "allocate_best",
+    "assignment_quality",
+    "batch_assign",
+    "decide",
+    "lowest_cost",
+    "optimal_total",
+    "pick_best",
+    "rank_bids",
+    "update_performance",
+    "weighted_rule",
+]
