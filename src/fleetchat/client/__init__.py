@@ -4,6 +4,7 @@
 from fleetchat.client.agent import Agent
 from fleetchat.client.delivery import Nack
 from fleetchat.client.dispatch import AgentStats, MessageHandler, RequestHandler
+from fleetchat.client.leases import HeldLease, LeaseClient
 from fleetchat.client.rest import HubClient
 from fleetchat.client.stream import MessageStream
 from fleetchat.client.wire import DEFAULT_HUB, HubUnavailableError
@@ -13,8 +14,10 @@ __all__ = [
     "DEFAULT_HUB",
     "Agent",
     "AgentStats",
+    "HeldLease",
     "HubClient",
     "HubUnavailableError",
+    "LeaseClient",
     "MessageHandler",
     "MessageStream",
     "Nack",

@@ -9,6 +9,8 @@ from typing import Any, Literal, TypeVar, overload
 
 from fleetchat import protocol as p
 from fleetchat.client.core import AgentCore
+from fleetchat.client.leases import LeaseClient
+from fleetchat.client.rest import HubClient
 from fleetchat.client.stream import MessageStream
 from fleetchat.client.wire import DEFAULT_HUB
 from fleetchat.errors import InvalidInputError
@@ -86,6 +88,8 @@ class Agent(AgentCore):
             drain_timeout=drain_timeout,
             dedupe_size=dedupe_size,
         )
+        self._leases: LeaseClient | None = None
+        self._lease_rest: HubClient | None = None
 
     # -- handlers -------------------------------------------------------------------------
 
@@ -139,6 +143,27 @@ class Agent(AgentCore):
     def channels(self) -> list[str]:
         """The channels this agent subscribed to (its inbox is always delivered too)."""
         return sorted(self._channels)
+
+    @property
+    def leases(self) -> LeaseClient:
+        """Leases on shared resources, held by this agent (over the hub's REST API)::
+
+            async with agent.leases.hold("dock-1", ttl=30, timeout=10) as lease:
+                ...  # send lease.token with every command to the dock
+
+        The hub releases them when this agent goes offline.
+        """
+        if self._leases is None:
+            self._lease_rest = HubClient(self.hub, self.token)
+            self._leases = LeaseClient(self._lease_rest, holder=self.agent_id)
+        return self._leases
+
+    async def close(self, *, drain: bool = True) -> None:
+        try:
+            await super().close(drain=drain)
+        finally:
+            if self._lease_rest is not None:
+                await self._lease_rest.close()
 
     def update_resources(self, **resources: Any) -> None:
         """Live state (battery, position, ...) sent with the next heartbeat."""

@@ -10,6 +10,7 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
+from fleetchat.client.leases import LeaseClient
 from fleetchat.client.wire import DEFAULT_HUB, HubUnavailableError, http_url
 from fleetchat.errors import ClosedError, FleetchatError, error_from_code
 from fleetchat.models import AgentInfo, Channel, ChannelType, Message
@@ -92,6 +93,7 @@ class HubClient:
         *,
         body: Any = None,
         params: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> T:
         await self.start()
         assert self._session is not None
@@ -105,7 +107,12 @@ class HubClient:
         headers = {"Content-Type": "application/json"} if data is not None else None
         try:
             async with self._session.request(
-                method, url, data=data, params=query, headers=headers
+                method,
+                url,
+                data=data,
+                params=query,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout) if timeout else None,
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
@@ -249,6 +256,12 @@ class HubClient:
         body = s.Search(required=dict(required), min_confidence=min_confidence, limit=limit)
         out = await self._call("POST", "/v1/agents/search", s.MatchList, body=body)
         return out.matches
+
+    @property
+    def leases(self) -> LeaseClient:
+        """Lease calls (``acquire``, ``renew``, ``release``, ``get``, ``list``); name the
+        ``holder`` per call when auth is off."""
+        return LeaseClient(self)
 
     # -- operations -----------------------------------------------------------------------
 

@@ -192,9 +192,9 @@ def request(r: Resource, w: Waiter, now: float) -> Resource:
     is stale from then on), without waiting behind the queue it is already ahead of.
     """
     r = settle(r, now)
-    if r.holder == w.holder:
+    if r.holder is None or r.holder == w.holder:  # free after settle: nobody eligible waits
         return _grant(r, w, now)
-    return settle(_replace(r, waiters=_sorted((*r.waiters, w))), now)
+    return _replace(r, waiters=_sorted((*r.waiters, w)))
 
 
 def _check_holder(r: Resource, holder: str, token: int, now: float, what: str) -> None:

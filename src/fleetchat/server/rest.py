@@ -20,6 +20,7 @@ from fleetchat.server import schemas as s
 from fleetchat.server.auth import Authenticator
 from fleetchat.server.rest_agents import AGENT_ROUTES
 from fleetchat.server.rest_channels import CHANNEL_ROUTES
+from fleetchat.server.rest_leases import LEASE_ROUTES
 from fleetchat.server.rest_route import Ctx as Ctx  # Ctx and Param: public here before the split
 from fleetchat.server.rest_route import Param as Param
 from fleetchat.server.rest_route import Route
@@ -38,6 +39,9 @@ STATUS_BY_CODE = {
     "agent_not_found": 404,
     "conflict": 409,
     "channel_exists": 409,
+    "fenced": 409,
+    "deadlock": 409,
+    "lease_timeout": 409,
     "rate_limited": 429,
     "backpressure": 503,
     "closed": 503,
@@ -47,9 +51,9 @@ STATUS_BY_CODE = {
 
 _json = msgspec.json.Encoder()
 
-ROUTES: tuple[Route, ...] = (*CHANNEL_ROUTES, *AGENT_ROUTES)
+ROUTES: tuple[Route, ...] = (*CHANNEL_ROUTES, *AGENT_ROUTES, *LEASE_ROUTES)
 """Every route, in the order of the OpenAPI document: channels and messages, then agents,
-metrics and dead letters."""
+metrics and dead letters, then leases (rest_leases.py)."""
 
 
 def error_response(exc: FleetchatError) -> web.Response:
