@@ -21,7 +21,12 @@ def dock(**fields: object) -> Resource:
 
 def waiter(holder: str) -> Waiter:
     return Waiter(
-        ticket=f"w-{holder}", holder=holder, priority="high", requested_at=1.5, deadline=9.25, ttl=30
+        ticket=f"w-{holder}",
+        holder=holder,
+        priority="high",
+        requested_at=1.5,
+        deadline=9.25,
+        ttl=30,
     )
 
 
