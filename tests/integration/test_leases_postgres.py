@@ -66,7 +66,8 @@ async def test_two_nodes_hammering_one_resource_never_grant_it_twice(
         await asyncio.gather(*(worker(nodes[i % 2], f"amr-{i}") for i in range(6)))
 
     assert overlaps == []
-    assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens) == 36
+    assert tokens == sorted(tokens)
+    assert len(set(tokens)) == len(tokens) == 36
     assert tokens == list(range(1, 37))
 
 

@@ -47,7 +47,8 @@ def test_two_agents_waiting_on_each_other_fail_the_lower_priority_wait() -> None
 
     assert [(v.holder, v.resource, v.ticket) for v in found] == [("a", "door", "w-a-door")]
     assert found[0].cycle == ["a waits for b (door)", "b waits for a (dock)"]
-    assert "'a'" in found[0].message() and "lowest priority" in found[0].message()
+    assert "'a'" in found[0].message()
+    assert "lowest priority" in found[0].message()
 
 
 def test_equal_priorities_fail_the_youngest_wait() -> None:

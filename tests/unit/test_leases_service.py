@@ -126,7 +126,9 @@ async def test_the_sweeper_expires_a_lease_nobody_waits_for(hub: Hub, clock: Fak
     await clock.advance(3.5)
 
     stored = await hub.store.load_resource("dock-1")
-    assert stored is not None and stored.holder is None and stored.token == 1
+    assert stored is not None
+    assert stored.holder is None
+    assert stored.token == 1
 
 
 async def test_renew_keeps_the_token_and_moves_the_expiry(hub: Hub, clock: FakeClock) -> None:

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fleetchat.cli.leases import register as register_leases
 from fleetchat.cli.migrate import register as register_migrate
 from fleetchat.cli.remote import register as register_remote
 from fleetchat.config import HubSettings, load_settings
@@ -197,6 +198,7 @@ def token_revoke(
 
 
 register_remote(app)
+register_leases(app)
 register_migrate(app)
 
 
