@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import bmat as sp_bmat
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 
 from fleetchat.errors import InvalidInputError
 from fleetchat.models import AgentInfo
@@ -97,23 +100,46 @@ def _slots(
     return _Slots(np.array(owner, dtype=np.intp), np.array(load, dtype=float))
 
 
+def _components(ok: Matrix) -> list[tuple[Matrix, Matrix]]:
+    """The rows and columns of each connected part of the bipartite graph of eligible pairs,
+    leaving out rows and columns without any eligible pair."""
+    n_rows = ok.shape[0]
+    count, labels = connected_components(_bipartite(csr_matrix(ok)), directed=False)
+    row_labels, col_labels = labels[:n_rows], labels[n_rows:]
+    live = np.zeros(count, dtype=bool)
+    live[row_labels[ok.any(axis=1)]] = True
+    return [
+        (np.flatnonzero(row_labels == k), np.flatnonzero(col_labels == k))
+        for k in np.flatnonzero(live)
+    ]
+
+
+def _bipartite(graph: Matrix) -> Matrix:
+    """The square adjacency matrix of a bipartite graph given as its rows x columns matrix."""
+    return sp_bmat([[None, graph], [graph.T, None]], format="csr")
+
+
 def _maximise(weight: Matrix, ok: Matrix) -> tuple[Matrix, Matrix]:
     """Rows and columns of the eligible pairs (``ok``) of the assignment with the largest total
     ``weight``; ineligible pairs weigh as much as no assignment (they are dropped).
 
-    Rows and columns without any eligible pair are taken out first: they cannot change the
-    optimum, but a square matrix with a few of them made the solver search long for a full
-    matching that does not exist (1,000 x 1,000: 165 ms instead of 70 ms).
+    The assignment is solved separately on each connected part of the graph of eligible pairs
+    (in a factory, roughly one per kind of robot), and rows or columns with no eligible pair
+    are left out: neither changes the optimum, but a square matrix whose full matching does not
+    exist makes the solver search long (1,000 x 1,000 factory tasks over robots of capacity 1:
+    300 ms in one piece).
     """
-    live_rows = np.flatnonzero(ok.any(axis=1))
-    live_cols = np.flatnonzero(ok.any(axis=0))
-    if live_rows.size == 0:
-        return live_rows, live_cols
-    sub_ok = ok[np.ix_(live_rows, live_cols)]
-    sub = np.where(sub_ok, weight[np.ix_(live_rows, live_cols)], 0.0)
-    rows, cols = linear_sum_assignment(sub, maximize=True)
-    keep = sub_ok[rows, cols]
-    return live_rows[rows[keep]], live_cols[cols[keep]]
+    found_rows, found_cols = [], []
+    for part_rows, part_cols in _components(ok):
+        part_ok = ok[np.ix_(part_rows, part_cols)]
+        part = np.where(part_ok, weight[np.ix_(part_rows, part_cols)], 0.0)
+        rows, cols = linear_sum_assignment(part, maximize=True)
+        keep = part_ok[rows, cols]
+        found_rows.append(part_rows[rows[keep]])
+        found_cols.append(part_cols[cols[keep]])
+    if not found_rows:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    return np.concatenate(found_rows), np.concatenate(found_cols)
 
 
 def _solve(
