@@ -223,3 +223,53 @@ async def test_resume_before_attach_skips_settled_and_leaves_nothing_attached(
     await sub.close()
     bus: Any = a.bus
     await _until(lambda: "r1" not in bus._members)  # released: nothing held for a ghost
+
+
+async def test_an_agent_served_by_a_second_node_moves_there(nodes: list[Hub]) -> None:
+    from fleetchat.errors import ClosedError
+
+    a, b = nodes
+    await a.channels.create("cell", announce=False)
+    on_a = await a.subscribe("r1", "cell")
+    first = await a.publish("cell", "first", sender="ctl")
+    held = await on_a.fetch(timeout=5)
+    assert held is not None
+    assert [m.id for m in held.messages] == [first.id]
+    on_b = await b.subscribe("r1")  # the same agent on node b, node a not told to let go
+    again = await on_b.fetch(timeout=5)  # node a saved its cursors and let go: unacked returns
+    assert again is not None
+    assert [m.id for m in again.messages] == [first.id]
+    await again.ack()
+    with pytest.raises(ClosedError, match="another hub node"):
+        await on_a.fetch(timeout=1)
+    second = await a.publish("cell", "second", sender="ctl")
+    batch = await on_b.fetch(timeout=5)
+    assert batch is not None
+    assert [m.id for m in batch.messages] == [second.id]
+    await batch.ack()
+
+
+async def test_a_backlog_larger_than_the_queue_is_paged_in_in_order(
+    nats_server: NatsServer,
+) -> None:
+    chat = ChatSettings(qos=dict.fromkeys(Priority, QOS), member_queue_limit=64)
+    async with Hub(HubSettings(url=nats_server.url, chat=chat)) as hub:
+        await hub.channels.create("cell", announce=False)
+        await hub.channels.create("noise", announce=False)
+        sub = await hub.subscribe("r1", "cell")
+        await sub.close()
+        sent = []
+        for i in range(600):  # another channel's messages interleaved: seqs with gaps
+            sent.append((await hub.publish("cell", i, sender="ctl")).id)
+            await hub.publish("noise", i, sender="ctl")
+        sub = await hub.subscribe("r1")
+        got: list[str] = []
+        async with asyncio.timeout(20):
+            while len(got) < len(sent):
+                batch = await sub.fetch(timeout=5)
+                assert batch is not None
+                assert len(batch) <= 64
+                got.extend(m.id for m in batch.messages)
+                await batch.ack()
+        assert got == sent
+        assert await sub.fetch(timeout=0.3) is None

@@ -23,6 +23,7 @@ import msgspec
 
 from fleetchat.backends.local_delivery import DLQ_CHANNEL, Consuming
 from fleetchat.backends.local_member import Batch, Cursor, MemberState
+from fleetchat.backends.nats_attach import NatsAttach
 from fleetchat.backends.nats_channels import NatsChannels
 from fleetchat.backends.nats_conn import connect_nats, server_features
 from fleetchat.backends.nats_feed import NatsDelivery
@@ -54,7 +55,7 @@ _DUPLICATE_WINDOW = 120.0
 _REPLY_HEADER = "fc-reply-to"  # on a request: the subject of the node waiting for its reply
 
 
-class NatsBus(NatsChannels, NatsDelivery, Consuming):
+class NatsBus(NatsChannels, NatsDelivery, NatsAttach, Consuming):
     """The Bus on NATS JetStream. ``url`` may list several servers, comma-separated.
 
     ``flush_interval``: seconds between saves of what members settled (a node that dies
