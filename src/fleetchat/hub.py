@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from pathlib import Path
@@ -116,7 +115,6 @@ class Hub:
                 clock=self.clock,
                 observer=self.metrics,
                 settings=chat,
-                fanout=False,  # the leader's job
             )
             self.bus = bus
             self.coordinator = NatsCoordinator(self.settings.url, bus.node_id)
@@ -146,7 +144,6 @@ class Hub:
                     "as nats://host:4222, or leave the store out for an embedded hub"
                 )
         self.store = store
-        self._leader_tasks: set[asyncio.Task[None]] = set()
         self.channels = ChannelRegistry(self.bus, self.clock, chat)
         self.registry = AgentRegistry(store, self.clock, self.settings.registry)
         self._registry_sync = (
@@ -205,8 +202,6 @@ class Hub:
             await self._registry_sync.close()
         await self.registry.close()
         await self.coordinator.close()
-        for task in list(self._leader_tasks):
-            task.cancel()
         await self.bus.close()
         await self.store.close()
         if self._db is not None:
@@ -215,18 +210,10 @@ class Hub:
             await self._pg.close()
 
     def _on_leadership(self, leading: bool, epoch: int) -> None:
-        """The leader runs the singleton loops: on NATS, the fan-out into member inboxes."""
-        from fleetchat.backends.nats_bus import NatsBus
-
-        bus = self.bus
-        if not isinstance(bus, NatsBus) or self._state == "closed":
-            return
-        log.info("leadership", extra={"leading": leading, "epoch": epoch})
-        task = asyncio.get_running_loop().create_task(
-            bus.start_fanout() if leading else bus.stop_fanout()
-        )
-        self._leader_tasks.add(task)
-        task.add_done_callback(self._leader_tasks.discard)
+        """The leader runs the singleton loops (scheduling and failure detection, as they
+        come); for now leadership is only reported."""
+        if self._state != "closed":
+            log.info("leadership", extra={"leading": leading, "epoch": epoch})
 
     async def __aenter__(self) -> Hub:
         await self.start()

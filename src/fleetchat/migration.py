@@ -24,7 +24,6 @@ per-member queues). Drain the source first. See docs/migrate.md.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from fleetchat.errors import (
-    BackendUnavailableError,
     ChannelExistsError,
     ConflictError,
     InvalidInputError,
@@ -45,7 +43,6 @@ if TYPE_CHECKING:
     from fleetchat.hub import Hub
 
 __all__ = [
-    "FANOUT_STALL",
     "PAGE_SIZE",
     "TARGET_NOT_EMPTY",
     "ChannelCopy",
@@ -57,8 +54,6 @@ __all__ = [
 PAGE_SIZE = 1000
 """Messages read and written per round trip (the source's ``history_limit``, 1,000 by default,
 caps it). Large pages matter on a NATS source, where each read costs the rest of the channel."""
-FANOUT_STALL = 30.0
-"""Seconds the NATS fan-out may make no progress before the migration gives up."""
 TARGET_NOT_EMPTY = "target_not_empty"
 """``details["reason"]`` of the ConflictError raised for a target that already has channels."""
 
@@ -138,7 +133,6 @@ async def migrate(
     merge: bool = False,
     page_size: int = PAGE_SIZE,
     progress: Progress | None = None,
-    fanout_stall: float = FANOUT_STALL,
 ) -> MigrationReport:
     """Copy channels, history, memberships, agents and tokens from ``source`` to ``target``.
 
@@ -152,8 +146,6 @@ async def migrate(
             tokens it has keep their record. Also the way to resume a migration that stopped.
         page_size: messages per history read and per publish to the target.
         progress: told what is being copied, with the running count of messages.
-        fanout_stall: on a NATS target, seconds its fan-out may stay stuck before this gives
-            up (memberships are added only once the fan-out has passed the copied history).
 
     Raises:
         ConflictError: the target has channels and ``merge`` is off (``details["reason"]`` is
@@ -186,8 +178,9 @@ async def migrate(
             continue  # never stored: nothing to copy
         tell(spec.name, copied)
         copied = await _copy_history(source, target, entry, page_size, copied, tell)
+    # A membership starts after the newest stored message: the copied history is not
+    # delivered to the members again.
     tell("memberships", copied)
-    await _fanout_settled(target.bus, fanout_stall)
     for entry in report.channels:
         for member in source.channels.members(entry.name):
             if await target.bus.add_member(entry.name, member):
@@ -263,37 +256,6 @@ def _clone(m: Message) -> Message:
         correlation_id=m.correlation_id,
         headers=dict(m.headers),
     )
-
-
-async def _fanout_settled(bus: Bus, stall: float) -> None:
-    """On NATS, wait until the fan-out has read every copied message: it sends each message to
-    the members the channel has when it reads it, and the memberships come next."""
-    from fleetchat.backends.local_bus import LocalBus
-
-    if isinstance(bus, LocalBus):
-        return  # a member added later starts after the newest message
-    from fleetchat.backends.nats_bus import NatsBus
-
-    if not isinstance(bus, NatsBus):  # pragma: no cover - there is no third bus
-        return
-    js = bus.nc.jetstream()
-    loop = asyncio.get_running_loop()
-    last, since = -1, loop.time()
-    while True:
-        info = await js.consumer_info(bus.layout.chat_stream, bus.layout.fanout_consumer)
-        left = (info.num_pending or 0) + (info.num_ack_pending or 0)
-        if left == 0:
-            return
-        if left != last:
-            last, since = left, loop.time()
-        elif loop.time() - since > stall:
-            raise BackendUnavailableError(
-                f"the NATS fan-out has made no progress for {stall:g} s with {left} message(s) "
-                "to go (is a hub node leading?); memberships were not copied: run again with "
-                "--merge once it moves",
-                backend="nats",
-            )
-        await asyncio.sleep(0.05)
 
 
 async def _refresh(store: Store) -> None:

@@ -10,9 +10,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from fleetchat import Hub, HubSettings
+from fleetchat.backends.nats_layout import key_token
+from fleetchat.backends.ports import CursorRecord
 from fleetchat.config import ChatSettings, QosSettings
 from fleetchat.testing.services import NatsServer
 from fleetchat.types import Priority
@@ -39,7 +42,7 @@ async def _until(check: Any, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.02)
 
 
-async def test_one_leader_runs_the_fan_out(nodes: list[Hub]) -> None:
+async def test_one_node_leads(nodes: list[Hub]) -> None:
     await _until(lambda: sum(h.coordinator.is_leader for h in nodes) == 1)
     leader = next(h for h in nodes if h.coordinator.is_leader)
     assert leader.coordinator.epoch > 0
@@ -121,8 +124,8 @@ async def test_the_registry_is_the_same_on_every_node(nodes: list[Hub]) -> None:
     await _until(lambda: "welder-1" not in a.registry)
 
 
-async def test_a_publish_and_a_fan_out_replayed_store_nothing_twice(nodes: list[Hub]) -> None:
-    """The consistency rule of docs/deployment.md: copies are keyed by message id."""
+async def test_a_retried_publish_is_stored_and_delivered_once(nodes: list[Hub]) -> None:
+    """The consistency rule of docs/deployment.md: a publish is keyed by its message id."""
     import msgspec
 
     from fleetchat.models import Message
@@ -130,30 +133,23 @@ async def test_a_publish_and_a_fan_out_replayed_store_nothing_twice(nodes: list[
     a, b = nodes
     await a.channels.create("cell", announce=False)
     await _until(lambda: b.bus.channel("cell") is not None)
-    sub = await b.subscribe("r1", "cell")
-    await _until(lambda: a.bus.is_member("cell", "r1"))
+    on_b = await b.subscribe("r1", "cell")
+    on_a = await a.subscribe("r2", "cell")
+    await _until(lambda: a.bus.is_member("cell", "r1") and b.bus.is_member("cell", "r2"))
     m = Message(id="m-replayed", channel="cell", sender="ctl", body="once", created_at=1.0)
-    await a.bus.publish([msgspec.structs.replace(m)], 5.0)
-    await a.bus.publish([msgspec.structs.replace(m)], 5.0)  # a retried publish: deduped
+    first = await a.bus.publish([msgspec.structs.replace(m)], 5.0)
+    again = await b.bus.publish([msgspec.structs.replace(m)], 5.0)  # a retry, on another node
+    assert first[0].seq == again[0].seq
     assert [x.id for x in await a.channels.history("cell")] == ["m-replayed"]
-    # A fan-out replayed (a leader died before acking it): the inbox copy is deduped too.
-    bus: Any = next(h for h in nodes if h.coordinator.is_leader).bus
-    js = bus.nc.jetstream()
-    stored = await js.get_msg(bus.layout.chat_stream, subject=bus.layout.chat("cell"), direct=False)
-    data = msgspec.json.encode(msgspec.structs.replace(m, seq=stored.seq))
-    await js.publish(bus.layout.inbox("r1", 2), data, headers={"Nats-Msg-Id": "m-replayed:r1"})
-    got: list[Any] = []
-    async with asyncio.timeout(10):
-        while not got:
-            batch = await sub.fetch(timeout=5)
-            if batch is not None:
-                got.extend(batch.messages)
-                await batch.ack()
-    assert [x.id for x in got] == ["m-replayed"]
-    assert await sub.fetch(timeout=0.5) is None
+    for sub in (on_a, on_b):  # each member once, whichever node serves it
+        batch = await sub.fetch(timeout=5)
+        assert batch is not None
+        assert [x.id for x in batch.messages] == ["m-replayed"]
+        await batch.ack()
+        assert await sub.fetch(timeout=0.3) is None
 
 
-async def test_a_delivery_whose_attempts_ran_out_on_a_dead_node_is_dead_lettered(
+async def test_failed_attempts_counted_on_a_node_that_died_carry_over(
     nodes: list[Hub], nats_server: NatsServer
 ) -> None:
     a, b = nodes
@@ -168,14 +164,32 @@ async def test_a_delivery_whose_attempts_ran_out_on_a_dead_node_is_dead_lettered
         assert batch is not None
         assert [d.attempt for d in batch] == [attempt]
         await batch.nack()
-    last = await sub.fetch(timeout=5)  # ...take the last attempt, and die holding it
+    bus: Any = doomed.bus
+
+    async def saved_retries() -> dict[str, int]:
+        from nats.js.errors import KeyNotFoundError
+
+        try:
+            entry = await bus._kv_cursors.get(key_token("r1"))
+        except KeyNotFoundError:
+            return {}
+        records = msgspec.json.decode(entry.value, type=list[CursorRecord])
+        return next(r.retries for r in records if r.channel == "cell")
+
+    async with asyncio.timeout(5):  # ...which its cursor save records (every 0.2 s)
+        while (await saved_retries()).get(sent.id) != 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    last = await sub.fetch(timeout=5)  # take the third attempt, and die holding it
     assert last is not None
     assert [d.attempt for d in last] == [3]
-    bus: Any = doomed.bus
     await bus.nc.close()  # no hand-back: as if the process were killed
     on_b = await b.subscribe("r1")
-    # JetStream gives it out again after the ack wait, a fourth time: over the budget.
-    assert await on_b.fetch(timeout=2.5) is None
+    # The attempt in flight on the dead node is not counted: the third is given again, and it
+    # is the last one.
+    again = await on_b.fetch(timeout=5)
+    assert again is not None
+    assert [(d.message.id, d.attempt) for d in again] == [(sent.id, 3)]
+    await again.nack()
 
     async def dead_lettered() -> bool:
         return any(x.message.id == sent.id for x in await b.dead_letters())
@@ -208,4 +222,54 @@ async def test_resume_before_attach_skips_settled_and_leaves_nothing_attached(
     assert [m.id for m in got] == [m.id for m in sent[1:]]
     await sub.close()
     bus: Any = a.bus
-    await _until(lambda: "r1" not in bus._attached)  # released: nothing held for a ghost
+    await _until(lambda: "r1" not in bus._members)  # released: nothing held for a ghost
+
+
+async def test_an_agent_served_by_a_second_node_moves_there(nodes: list[Hub]) -> None:
+    from fleetchat.errors import ClosedError
+
+    a, b = nodes
+    await a.channels.create("cell", announce=False)
+    on_a = await a.subscribe("r1", "cell")
+    first = await a.publish("cell", "first", sender="ctl")
+    held = await on_a.fetch(timeout=5)
+    assert held is not None
+    assert [m.id for m in held.messages] == [first.id]
+    on_b = await b.subscribe("r1")  # the same agent on node b, node a not told to let go
+    again = await on_b.fetch(timeout=5)  # node a saved its cursors and let go: unacked returns
+    assert again is not None
+    assert [m.id for m in again.messages] == [first.id]
+    await again.ack()
+    with pytest.raises(ClosedError, match="another hub node"):
+        await on_a.fetch(timeout=1)
+    second = await a.publish("cell", "second", sender="ctl")
+    batch = await on_b.fetch(timeout=5)
+    assert batch is not None
+    assert [m.id for m in batch.messages] == [second.id]
+    await batch.ack()
+
+
+async def test_a_backlog_larger_than_the_queue_is_paged_in_in_order(
+    nats_server: NatsServer,
+) -> None:
+    chat = ChatSettings(qos=dict.fromkeys(Priority, QOS), member_queue_limit=64)
+    async with Hub(HubSettings(url=nats_server.url, chat=chat)) as hub:
+        await hub.channels.create("cell", announce=False)
+        await hub.channels.create("noise", announce=False)
+        sub = await hub.subscribe("r1", "cell")
+        await sub.close()
+        sent = []
+        for i in range(600):  # another channel's messages interleaved: seqs with gaps
+            sent.append((await hub.publish("cell", i, sender="ctl")).id)
+            await hub.publish("noise", i, sender="ctl")
+        sub = await hub.subscribe("r1")
+        got: list[str] = []
+        async with asyncio.timeout(20):
+            while len(got) < len(sent):
+                batch = await sub.fetch(timeout=5)
+                assert batch is not None
+                assert len(batch) <= 64
+                got.extend(m.id for m in batch.messages)
+                await batch.ack()
+        assert got == sent
+        assert await sub.fetch(timeout=0.3) is None

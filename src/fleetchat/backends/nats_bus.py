@@ -3,12 +3,9 @@
 - A durable publish is stored in ``<P>_CHAT`` with ``Nats-Msg-Id`` = the message id (a retry
   within two minutes is not stored twice); the stream sequence is the message's ``seq``, so seqs
   grow within a channel but are not consecutive (the stream holds every channel).
-- Fan-out runs on one node (the leader, or the only node): it reads ``<P>_CHAT`` in order
-  through the durable consumer ``fanout`` and stores one copy per member in ``<P>_INBOX``
-  (``Nats-Msg-Id`` = ``<message id>:<member>``, so a fan-out replayed after a crash adds
-  nothing), then acks. Copies keep the channel's order because one reader writes them in order.
-- Deliveries: see ``nats_member.py``. Ephemeral channels and requests/replies use core NATS
-  only and are never stored.
+- Deliveries: every node reads ``<P>_CHAT`` and serves the members connected to it from their
+  cursors (``nats_feed.py``); acks, retries and dead letters are the embedded bus's own
+  (``Consuming``). Ephemeral channels and requests/replies use core NATS only, never stored.
 - Channels and memberships are KV entries every node watches, so ``channel()``, ``members()``
   and the other reads are answered from memory.
 """
@@ -20,18 +17,18 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from fleetchat.backends.local_delivery import DLQ_CHANNEL, dead_letter_message
-from fleetchat.backends.local_member import Batch, wait_for_batch
+from fleetchat.backends.local_delivery import DLQ_CHANNEL, Consuming
+from fleetchat.backends.local_member import Batch, Cursor, MemberState
+from fleetchat.backends.nats_attach import NatsAttach
 from fleetchat.backends.nats_channels import NatsChannels
 from fleetchat.backends.nats_conn import connect_nats, server_features
-from fleetchat.backends.nats_fanout import NatsFanout
+from fleetchat.backends.nats_feed import NatsDelivery
 from fleetchat.backends.nats_layout import Layout
-from fleetchat.backends.nats_member import NatsBatch, NatsMember
+from fleetchat.backends.nats_member import NatsMemberState
 from fleetchat.backends.ports import DeliveryObserver
 from fleetchat.config import ChatSettings
 from fleetchat.errors import (
@@ -54,15 +51,15 @@ log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 _decode_message = msgspec.json.Decoder(Message).decode
 _decode_channel = msgspec.json.Decoder(Channel).decode
-_INBOX_MAX_AGE = 7 * 86_400.0  # a backstop: copies for members that never come back
 _DUPLICATE_WINDOW = 120.0
-# What a dead leader had taken but not fanned out is taken again after this long.
-_FANOUT_ACK_WAIT = 5.0
 _REPLY_HEADER = "fc-reply-to"  # on a request: the subject of the node waiting for its reply
 
 
-class NatsBus(NatsChannels, NatsFanout):
-    """The Bus on NATS JetStream. ``url`` may list several servers, comma-separated."""
+class NatsBus(NatsChannels, NatsDelivery, NatsAttach, Consuming):
+    """The Bus on NATS JetStream. ``url`` may list several servers, comma-separated.
+
+    ``flush_interval``: seconds between saves of what members settled (a node that dies
+    redelivers at most that long of acks, as the embedded bus does on a crash)."""
 
     def __init__(
         self,
@@ -72,36 +69,40 @@ class NatsBus(NatsChannels, NatsFanout):
         observer: DeliveryObserver,
         settings: ChatSettings | None = None,
         prefix: str = "fc",
-        fanout: bool = True,
+        flush_interval: float = 0.2,
     ) -> None:
         self.url = url
         self.settings = settings or ChatSettings()
-        self.clock = clock
-        self.observer = observer
+        self.flush_interval = flush_interval
+        self._clock = clock
+        self._observer = observer
         self.layout = Layout(prefix)
-        self.closed = False
-        self._fanout_wanted = fanout
-        self._fanout_sub: Any = None
-        self._fanout_done: asyncio.Future[None] | None = None
-        self._fanout_left = 0
+        self._closed = False
         self._nc: NatsClient | None = None
         self._channels: dict[str, Channel] = {}
-        self._members: dict[str, set[str]] = {}
+        self._channel_members: dict[str, set[str]] = {}
         self._memberships: dict[str, set[str]] = {}
-        self._attached: dict[str, NatsMember] = {}
-        # Resume marks (hello) for members not attached here yet: member -> channel -> seq.
+        self._join_floors: dict[tuple[str, str], int] = {}
+        self._revisions: dict[tuple[str, str], int] = {}
+        self._members: dict[str, MemberState] = {}  # connected to this node
+        self._dirty: list[Cursor] = []
+        # Consumers of members another node took over: member -> consumer ids.
+        self._moved: dict[str, dict[int, None]] = {}
+        # Resume marks (hello) for members not connected here yet: member -> channel -> seq.
         self._resume: dict[str, dict[str, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._replies: list[tuple[str, bytes]] = []
         self._eph_seq = itertools.count(1)
         self._kv_channels: KeyValue | None = None
         self._kv_members: KeyValue | None = None
+        self._kv_cursors: KeyValue | None = None
         self._watchers: list[Any] = []
         self.features: Any = None
         self.node_id = new_id()
         self._reply_subject = f"{self.layout.prefix}.rep.{self.node_id}"
         self.on_reply: Callable[[Message], bool] = lambda m: False
         self._broadcast_handlers: dict[str, Callable[[bytes], None]] = {}
+        self._init_delivery()
 
     @property
     def nc(self) -> NatsClient:
@@ -112,7 +113,7 @@ class NatsBus(NatsChannels, NatsFanout):
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from nats.js.api import ConsumerConfig, RetentionPolicy, StreamConfig
+        from nats.js.api import StreamConfig
 
         self._nc = await connect_nats(self.url, name="fleetchat-hub")
         self.features = server_features(self._nc)
@@ -130,27 +131,10 @@ class NatsBus(NatsChannels, NatsFanout):
                     allow_direct=True,
                 )
             )
-            await self._ensure_stream(
-                StreamConfig(
-                    name=lay.inbox_stream,
-                    subjects=[lay.inbox_all],
-                    retention=RetentionPolicy.WORK_QUEUE,
-                    max_age=_INBOX_MAX_AGE,
-                    duplicate_window=_DUPLICATE_WINDOW,
-                )
-            )
-            await js.add_consumer(
-                lay.chat_stream,
-                ConsumerConfig(
-                    durable_name=lay.fanout_consumer,
-                    ack_policy="explicit",  # type: ignore[arg-type]
-                    ack_wait=_FANOUT_ACK_WAIT,
-                    max_ack_pending=10_000,
-                    filter_subject=lay.chat_all,
-                ),
-            )
             self._kv_channels = await js.create_key_value(bucket=lay.channels_bucket, history=1)
             self._kv_members = await js.create_key_value(bucket=lay.members_bucket, history=1)
+            self._kv_cursors = await js.create_key_value(bucket=lay.cursors_bucket, history=1)
+            await self._start_feed()
         except Exception as exc:
             await self._nc.close()
             raise BackendUnavailableError(
@@ -163,8 +147,7 @@ class NatsBus(NatsChannels, NatsFanout):
         if DLQ_CHANNEL not in self._channels:
             with contextlib.suppress(ChannelExistsError):
                 await self.create_channel(Channel(name=DLQ_CHANNEL, type="system", announce=False))
-        if self._fanout_wanted:
-            await self.start_fanout()
+        self._spawn(self._flush_loop())
 
     async def _ensure_stream(self, config: Any) -> None:
         js = self.nc.jetstream()
@@ -174,12 +157,12 @@ class NatsBus(NatsChannels, NatsFanout):
             await js.update_stream(config)
 
     async def close(self) -> None:
-        if self.closed:
+        if self._closed:
             return
-        self.closed = True
-        for member in list(self._attached.values()):
-            await member.release()
-        self._attached.clear()
+        for member in [m for m in self._members.values() if isinstance(m, NatsMemberState)]:
+            with contextlib.suppress(Exception):
+                await self._release(member)
+        self._closed = True
         for w in self._watchers:
             with contextlib.suppress(Exception):
                 await w.stop()
@@ -194,13 +177,18 @@ class NatsBus(NatsChannels, NatsFanout):
                 await self._nc.drain()
             self._nc = None
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and not self._closed:
+            log.error("bus task failed", exc_info=task.exception())
 
     def reply_soon(self, subject: str | None, payload: bytes) -> None:
-        """Send an ack, nak or term; all of one loop turn go out together."""
+        """Send a core NATS message; all of one loop turn go out together."""
         if not subject:
             return
         if not self._replies:
@@ -210,19 +198,19 @@ class NatsBus(NatsChannels, NatsFanout):
     def _flush_replies(self) -> None:
         replies, self._replies = self._replies, []
         if replies and self._nc is not None:
-            self.spawn(self._send_replies(replies))
+            self._spawn(self._send_replies(replies))
 
     async def _send_replies(self, replies: list[tuple[str, bytes]]) -> None:
         nc = self.nc
         for subject, payload in replies:
             await nc.publish(subject, payload)
 
-    # -- publish and fan-out --------------------------------------------------------------
+    # -- publish --------------------------------------------------------------------------
 
     async def publish(self, messages: list[Message], timeout: float) -> list[Message]:
         """Store durable messages (returns once JetStream confirmed them: committed), send
         ephemeral ones to every node."""
-        if self.closed:
+        if self._closed:
             raise ClosedError("the hub is closed")
         js = self.nc.jetstream()
         pending = []
@@ -254,16 +242,22 @@ class NatsBus(NatsChannels, NatsFanout):
                 f"NATS JetStream did not confirm the publish within {timeout:g} s",
                 backend="nats",
             ) from None
-        self.observer.on_published(messages)
+        self._observer.on_published(messages)
         return messages
 
     async def _on_ephemeral(self, msg: Msg) -> None:
         m = _decode_message(msg.data)
         rank = PRIORITY_RANK[m.priority]
-        for member in self._members.get(m.channel, ()):
-            nm = self._attached.get(member)
-            if nm is not None and member != m.sender and nm.state.room > 0:
-                nm.state.push(rank, m)
+        for member_id in self._channel_members.get(m.channel, ()):
+            member = self._members.get(member_id)
+            if (
+                isinstance(member, NatsMemberState)
+                and member.ready
+                and member_id != m.sender
+                and m.channel in member.cursors
+                and member.room > 0
+            ):
+                member.push(rank, m)
 
     def send_transient(self, message: Message, members: Sequence[str]) -> int:
         if message.kind == "request":  # so a reply made on another node finds its way back
@@ -300,99 +294,38 @@ class NatsBus(NatsChannels, NatsFanout):
     async def _on_routed_reply(self, msg: Msg) -> None:
         self.on_reply(_decode_message(msg.data))
 
-    def dead_letter(self, member: str, m: Message, attempts: int, reason: Any) -> None:
-        self.observer.on_dead_letter(member, m, attempts, reason)
-        letter = dead_letter_message(member, m, attempts, reason, self.clock.time())
-        self.spawn(self.publish([letter], self.settings.publish_timeout))
+    # -- consumers --------------------------------------------------------------------------
 
-    # -- consuming ------------------------------------------------------------------------
+    def _consumer(self, member_id: str, consumer: int) -> None:
+        if consumer in self._moved.get(member_id, ()):
+            raise ClosedError(f"agent {member_id!r} is connected to another hub node now")
+        self._member(member_id).consumers[consumer] = None
 
-    async def ensure_lane_consumer(self, member: str, rank: int) -> None:
-        from nats.js.api import ConsumerConfig
+    def poll(self, member_id: str, consumer: int, max_items: int) -> Batch | None:
+        self._consumer(member_id, consumer)
+        return super().poll(member_id, consumer, max_items)
 
-        qos = self.settings.qos[list(self.settings.qos)[rank]]
-        await self.nc.jetstream().add_consumer(
-            self.layout.inbox_stream,
-            ConsumerConfig(
-                durable_name=self.layout.lane_consumer(member, rank),
-                filter_subject=self.layout.inbox(member, rank),
-                ack_policy="explicit",  # type: ignore[arg-type]
-                ack_wait=qos.ack_timeout,
-                max_ack_pending=self.settings.member_queue_limit,
-            ),
-        )
-
-    def _attach(self, member_id: str, consumer: int) -> NatsMember:
-        if self.closed:
-            raise ClosedError("the hub is closed")
-        nm = self._attached.get(member_id)
-        if nm is None:
-            nm = self._attached[member_id] = NatsMember(self, member_id)
-            nm.resume.update(self._resume.pop(member_id, {}))
-            self.spawn(self._attach_later(nm))
-        nm.consumers.add(consumer)
-        return nm
-
-    async def _attach_later(self, nm: NatsMember) -> None:
-        try:
-            await nm.attach()
-        except Exception:
-            log.exception("attaching member failed", extra={"member": nm.id})
-
-    def poll(self, member: str, consumer: int, max_items: int) -> NatsBatch | None:
-        nm = self._attach(member, consumer)
-        return nm.make_batch(consumer, max_items)
-
-    def listen(self, member: str, consumer: int, callback: Callable[[], None] | None) -> None:
-        nm = self._attach(member, consumer)
-        if callback is None:
-            nm.state.listeners.pop(consumer, None)
-        else:
-            nm.state.listeners[consumer] = callback
+    def listen(self, member_id: str, consumer: int, callback: Callable[[], None] | None) -> None:
+        self._consumer(member_id, consumer)
+        super().listen(member_id, consumer, callback)
 
     async def fetch(
-        self, member: str, consumer: int, max_items: int, timeout: float | None
+        self, member_id: str, consumer: int, max_items: int, timeout: float | None
     ) -> Batch | None:
-        return await wait_for_batch(
-            partial(self.poll, member, consumer, max_items),
-            lambda: self._attached[member].state,
-            consumer,
-            timeout,
-            self.clock,
-        )
+        self._consumer(member_id, consumer)
+        return await super().fetch(member_id, consumer, max_items, timeout)
 
-    def ack(self, batch: Any, index: int | None = None) -> int:
-        nm = self._attached.get(batch.member.id)
-        return 0 if nm is None else nm.ack(batch, index)
-
-    def nack(
-        self,
-        batch: Any,
-        index: int | None = None,
-        *,
-        delay: float | None = None,
-        dead_letter: bool = False,
-    ) -> int:
-        nm = self._attached.get(batch.member.id)
-        if nm is None:
-            return 0
-        reason = "rejected" if dead_letter else "nacked"
-        return nm.fail(batch, index, reason, delay=delay, dead=dead_letter)
-
-    def detach(self, member: str, consumer: int) -> None:
-        nm = self._attached.get(member)
-        if nm is None:
-            return
-        nm.detach(consumer)
-        if not nm.consumers:
-            del self._attached[member]
-            self.spawn(nm.release())
-
-    def settle_through(self, member: str, channel: str, seq: int) -> int:
-        nm = self._attached.get(member)
-        if nm is not None:
-            return nm.settle_through(channel, seq)
-        # Not attached here (yet): what it settled is skipped when its deliveries are pulled.
-        marks = self._resume.setdefault(member, {})
-        marks[channel] = max(marks.get(channel, 0), seq)
-        return 0
+    def detach(self, member_id: str, consumer: int) -> None:
+        """A consumer went away; when it was the member's last one here, the member is let go
+        (its cursors saved) so that the node it connects to next serves it."""
+        moved = self._moved.get(member_id)
+        if moved is not None:
+            moved.pop(consumer, None)
+            if not moved:
+                del self._moved[member_id]
+        super().detach(member_id, consumer)
+        member = self._members.get(member_id)
+        if isinstance(member, NatsMemberState):
+            member.consumers.pop(consumer, None)
+            if not member.consumers:
+                self._spawn(self._release(member))

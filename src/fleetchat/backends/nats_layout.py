@@ -5,30 +5,25 @@ One hub per ``prefix`` (``fc`` by default; several hubs can share one NATS accou
 ======================  =============================  ==========================================
 stream / bucket         subjects / keys                role
 ======================  =============================  ==========================================
-``<P>_CHAT``            ``<p>.ch.<channel>``           channel logs: history, retention, the
-                                                       source of fan-out (dedupe by message id)
-``<P>_INBOX``           ``<p>.in.<member>.<rank>``     per-member deliveries, one lane per
-                                                       priority (rank 0 critical .. 3 low); work
-                                                       queue: a copy is gone once acked
+``<P>_CHAT``            ``<p>.ch.<channel>``           channel logs: history, retention, and what
+                                                       every node delivers from (dedupe by id)
 KV ``<p>_channels``     channel key -> Channel JSON    channel definitions
-KV ``<p>_members``      ``<channel>.<member>`` keys    membership
+KV ``<p>_members``      ``<channel>.<member>`` keys    membership; the value is the seq the
+                                                       member joined after
+KV ``<p>_cursors``      member key -> cursor records   what each member has settled, per channel
 core ``<p>.eph.<ch>``   -                              ephemeral channels (never stored)
 core ``<p>.tr.<m>``     -                              requests and replies to a member
+core ``<p>.own.<m>``    -                              a node taking a member over asks the node
+                                                       that has it to save its cursors and let go
 ======================  =============================  ==========================================
 
-A member has one durable pull consumer per lane on ``<P>_INBOX``; the node that holds the
-member's connection pulls them, highest lane first, so priority is strict across all four levels.
+Every node reads ``<P>_CHAT`` once, in order (an ordered push consumer), and delivers to the
+members connected to it, each from its own cursor: no per-member copies are stored.
 """
 
 from __future__ import annotations
 
-import hashlib
-
-from fleetchat.types import PRIORITIES
-
-__all__ = ["Layout", "key_token", "subject_token"]
-
-LANES = len(PRIORITIES)
+__all__ = ["Layout", "key_name", "key_token", "subject_token"]
 
 
 def subject_token(name: str) -> str:
@@ -54,10 +49,9 @@ class Layout:
         self.prefix = prefix
         up = prefix.upper()
         self.chat_stream = f"{up}_CHAT"
-        self.inbox_stream = f"{up}_INBOX"
         self.channels_bucket = f"{prefix}_channels"
         self.members_bucket = f"{prefix}_members"
-        self.fanout_consumer = "fanout"
+        self.cursors_bucket = f"{prefix}_cursors"
 
     def chat(self, channel: str) -> str:
         return f"{self.prefix}.ch.{subject_token(channel)}"
@@ -65,16 +59,6 @@ class Layout:
     @property
     def chat_all(self) -> str:
         return f"{self.prefix}.ch.>"
-
-    def inbox(self, member: str, rank: int) -> str:
-        return f"{self.prefix}.in.{subject_token(member)}.{rank}"
-
-    def inbox_lanes(self, member: str) -> str:
-        return f"{self.prefix}.in.{subject_token(member)}.*"
-
-    @property
-    def inbox_all(self) -> str:
-        return f"{self.prefix}.in.>"
 
     def ephemeral(self, channel: str) -> str:
         return f"{self.prefix}.eph.{subject_token(channel)}"
@@ -86,10 +70,8 @@ class Layout:
     def transient(self, member: str) -> str:
         return f"{self.prefix}.tr.{subject_token(member)}"
 
-    def lane_consumer(self, member: str, rank: int) -> str:
-        """A durable name for a member's lane: stable, short, and safe as a file name."""
-        digest = hashlib.sha1(member.encode()).hexdigest()[:20]
-        return f"m{rank}_{digest}"
+    def owner(self, member: str) -> str:
+        return f"{self.prefix}.own.{subject_token(member)}"
 
     def member_key(self, channel: str, member: str) -> str:
         return f"{key_token(channel)}.{key_token(member)}"

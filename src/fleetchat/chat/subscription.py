@@ -107,6 +107,9 @@ class Subscription:
         self._consumer = next(_consumer_ids)
         self._buffer: deque[Delivery] = deque()
         self._closed = False
+        # Tell the bus a consumer is here now: a distributed bus starts serving the agent on
+        # this node (ephemeral messages reach only agents being served somewhere).
+        bus.listen(agent_id, self._consumer, None)
 
     async def fetch(
         self, max_items: int | None = None, *, timeout: float | None = None

@@ -31,7 +31,6 @@ from fleetchat.errors import (
     InvalidInputError,
     NotFoundError,
 )
-from fleetchat.migration import FANOUT_STALL as FANOUT_STALL  # public here before the split
 from fleetchat.migration import (
     PAGE_SIZE,
     TARGET_NOT_EMPTY,
