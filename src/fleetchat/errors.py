@@ -30,7 +30,10 @@ __all__ = [
     "NotFoundError",
     "RateLimitedError",
     "RequestTimeoutError",
+    "TaskNotFoundError",
+    "TaskNotHeldError",
     "UnauthenticatedError",
+    "UnsatisfiableError",
     "error_from_code",
 ]
 
@@ -180,6 +183,26 @@ class LeaseTimeoutError(FleetchatError, TimeoutError):
     were ahead in the queue); the wait was withdrawn, nothing is held."""
 
     code = "lease_timeout"
+
+
+class TaskNotFoundError(NotFoundError):
+    """No task with that id."""
+
+    code = "task_not_found"
+
+
+class TaskNotHeldError(ConflictError):
+    """A task action (accept, progress, result) from an agent that does not hold the task, or
+    for an attempt that is over; nothing changed."""
+
+    code = "task_not_held"
+
+
+class UnsatisfiableError(InvalidInputError):
+    """No registered agent could ever take the task: its capabilities are unknown, or nobody
+    has them strongly enough (``details``: ``unknown``, the capabilities nobody has)."""
+
+    code = "unsatisfiable"
 
 
 def _all_subclasses(cls: type[FleetchatError]) -> list[type[FleetchatError]]:

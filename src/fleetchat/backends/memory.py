@@ -10,6 +10,7 @@ import msgspec
 
 from fleetchat.backends.ports import CursorRecord
 from fleetchat.models import AgentInfo, Channel, Message, TokenRecord
+from fleetchat.tasks.records import ACTIVE_STATES, TaskRecord
 
 if TYPE_CHECKING:
     from fleetchat.leases.state import Resource
@@ -198,9 +199,41 @@ class MemoryStore:
         self._agents: dict[str, AgentInfo] = {}
         self._tokens: dict[str, TokenRecord] = {}
         self._resources: dict[str, Resource] = {}
+        self._tasks: dict[str, TaskRecord] = {}
+        self._task_keys: dict[str, str] = {}
 
     async def start(self) -> None:
         return None
+
+    async def load_task(self, task_id: str) -> TaskRecord | None:
+        return self._tasks.get(task_id)
+
+    async def find_task(self, idempotency_key: str) -> TaskRecord | None:
+        task_id = self._task_keys.get(idempotency_key)
+        return None if task_id is None else self._tasks.get(task_id)
+
+    async def load_tasks(
+        self, *, active: bool = False, state: str | None = None, limit: int | None = None
+    ) -> list[TaskRecord]:
+        out = [
+            t
+            for t in self._tasks.values()
+            if (not active or t.state in ACTIVE_STATES) and (state is None or t.state == state)
+        ]
+        out.sort(key=lambda t: (t.created_at, t.id))
+        return out if limit is None else out[:limit]
+
+    async def save_task(self, task: TaskRecord, expected_version: int) -> bool:
+        held = self._tasks.get(task.id)
+        if (held.version if held is not None else 0) != expected_version:
+            return False
+        key = task.idempotency_key
+        if held is None and key is not None and key in self._task_keys:
+            return False
+        self._tasks[task.id] = msgspec.structs.replace(task, version=expected_version + 1)
+        if key is not None:
+            self._task_keys[key] = task.id
+        return True
 
     async def close(self) -> None:
         return None

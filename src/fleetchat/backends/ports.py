@@ -22,6 +22,7 @@ from fleetchat.models import AgentInfo, Channel, Message, TokenRecord
 if TYPE_CHECKING:
     from fleetchat.backends.local_member import Batch
     from fleetchat.leases.state import Resource
+    from fleetchat.tasks.records import TaskRecord
 
 __all__ = ["Bus", "ChannelLog", "Coordinator", "CursorRecord", "DeliveryObserver", "Store"]
 
@@ -140,6 +141,30 @@ class Store(Protocol):
     async def save_resource(self, resource: Resource, expected_version: int) -> bool:
         """Store ``resource`` as version ``expected_version + 1`` if the stored version is
         ``expected_version`` (0: no record yet); False, and nothing written, otherwise."""
+        ...
+
+    # Tasks: the system of record of the scheduler (fleetchat.tasks), changed only by
+    # compare-and-set, so that one result wins however many nodes report one.
+
+    async def load_task(self, task_id: str) -> TaskRecord | None:
+        """The stored task (its ``version`` set), None if there is none."""
+        ...
+
+    async def find_task(self, idempotency_key: str) -> TaskRecord | None:
+        """The task submitted with ``idempotency_key``, None if there is none."""
+        ...
+
+    async def load_tasks(
+        self, *, active: bool = False, state: str | None = None, limit: int | None = None
+    ) -> list[TaskRecord]:
+        """Tasks oldest first: only unfinished ones with ``active``, only ``state`` with it,
+        at most ``limit``."""
+        ...
+
+    async def save_task(self, task: TaskRecord, expected_version: int) -> bool:
+        """Store ``task`` as version ``expected_version + 1`` if the stored version is
+        ``expected_version`` (0: a new task, whose id and idempotency key are not taken); False,
+        and nothing written, otherwise."""
         ...
 
 

@@ -31,6 +31,7 @@ from fleetchat.backends.postgres_conn import (
     url_where,
 )
 from fleetchat.backends.postgres_leases import PostgresLeases
+from fleetchat.backends.postgres_tasks import PostgresTasks
 from fleetchat.backends.postgres_schema import BOOTSTRAP, LATEST_VERSION, LOCK_KEY, MIGRATIONS
 from fleetchat.errors import BackendError, BackendUnavailableError, ConfigError, FleetchatError
 from fleetchat.models import AgentInfo, TokenRecord
@@ -314,7 +315,7 @@ class PostgresDatabase:
         return BackendError(f"PostgreSQL at {self.where}{what}: {self._scrub(exc)}", **details)
 
 
-class PostgresStore(PostgresLeases):
+class PostgresStore(PostgresLeases, PostgresTasks):
     """Store on a PostgresDatabase (agents and tokens as JSONB rows keyed by id; lease
     resources in postgres_leases.py, read from the database on every call).
 

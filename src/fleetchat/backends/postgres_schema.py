@@ -57,6 +57,23 @@ CREATE TABLE lease_resources (
 );
 """,
     ),
+    (
+        3,
+        "tasks",
+        """
+CREATE TABLE tasks (
+    id text PRIMARY KEY,
+    version bigint NOT NULL,
+    state text NOT NULL,
+    holder text,
+    idem text UNIQUE,
+    created_at double precision NOT NULL,
+    data jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX tasks_by_state ON tasks (state, created_at);
+""",
+    ),
 ]
 """(version, name, SQL), in version order."""
 

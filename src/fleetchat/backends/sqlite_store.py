@@ -1,4 +1,4 @@
-"""SqliteStore: agents, tokens and lease resources (sqlite_leases.py) on the shared
+"""SqliteStore: agents, tokens, lease resources (sqlite_leases.py) and tasks (sqlite_tasks.py) on the shared
 SqliteDatabase."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from fleetchat.backends.sqlite_leases import SqliteLeases
+from fleetchat.backends.sqlite_tasks import SqliteTasks
 from fleetchat.models import AgentInfo, TokenRecord
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ _decode_agent = msgspec.json.Decoder(AgentInfo).decode
 _decode_token = msgspec.json.Decoder(TokenRecord).decode
 
 
-class SqliteStore(SqliteLeases):
+class SqliteStore(SqliteLeases, SqliteTasks):
     """Store on a SqliteDatabase."""
 
     def __init__(self, db: SqliteDatabase) -> None:
@@ -28,6 +29,7 @@ class SqliteStore(SqliteLeases):
 
     async def start(self) -> None:
         await self._create_lease_table()
+        await self._create_task_table()
 
     async def close(self) -> None:
         return None

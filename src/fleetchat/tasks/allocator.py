@@ -16,7 +16,6 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from fleetchat.models import AgentInfo
 from fleetchat.registry.matching import confident, eligible_agents, match_score, rank_key
 from fleetchat.tasks.auction import Bid, BidRule, ScoredBid, lowest_cost, rank_bids
-from fleetchat.tasks.batch import batch_assign
 from fleetchat.tasks.policy import (
     AllocationPolicy,
     Decision,
@@ -153,6 +152,9 @@ class TaskAllocator:
         proposals gets no usable bid.
         """
         if self.policy.mode == "batch":
+            # scipy loads only when batch mode is used (about 1 s of import time).
+            from fleetchat.tasks.batch import batch_assign
+
             return batch_assign(tasks, agents, self.policy, active)
         return allocate_best(tasks, agents, self.policy, active)
 
