@@ -31,8 +31,8 @@ from fleetchat.backends.postgres_conn import (
     url_where,
 )
 from fleetchat.backends.postgres_leases import PostgresLeases
-from fleetchat.backends.postgres_tasks import PostgresTasks
 from fleetchat.backends.postgres_schema import BOOTSTRAP, LATEST_VERSION, LOCK_KEY, MIGRATIONS
+from fleetchat.backends.postgres_tasks import PostgresTasks
 from fleetchat.errors import BackendError, BackendUnavailableError, ConfigError, FleetchatError
 from fleetchat.models import AgentInfo, TokenRecord
 

@@ -1,5 +1,5 @@
-"""SqliteStore: agents, tokens, lease resources (sqlite_leases.py) and tasks (sqlite_tasks.py) on the shared
-SqliteDatabase."""
+"""SqliteStore on the shared SqliteDatabase: agents, tokens, lease resources
+(sqlite_leases.py) and tasks (sqlite_tasks.py)."""
 
 from __future__ import annotations
 
