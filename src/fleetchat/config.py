@@ -27,6 +27,7 @@ __all__ = [
     "RegistrySettings",
     "ServerSettings",
     "StorageSettings",
+    "TaskSettings",
     "load_settings",
 ]
 
@@ -214,6 +215,51 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskSettings:
+    """Task allocation and scheduling; the defaults are the customer's (SPEC.md section 3).
+    Eligibility (``registry.load_threshold``, ``registry.min_confidence``) is the registry's."""
+
+    mode: Literal["best", "batch", "auction"] = "best"
+    """Allocation of a task that names no mode: ``best`` (the top candidate now), ``batch``
+    (an optimal assignment of the waiting tasks at once), ``auction`` (agents bid). Default
+    best."""
+    start_to_close: float = 30.0
+    """Seconds from acceptance to result before an attempt times out. Default 30."""
+    offer_timeout: float = 5.0
+    """Seconds an agent has to accept an offer before the next candidate gets it. Default 5."""
+    max_retries: int = 3
+    """Attempts after a failed first one (failure, timeout, agent lost). Default 3."""
+    retry_backoff: float = 0.5
+    """Seconds before the first retry; doubled for each later one. Default 0.5."""
+    retry_backoff_max: float = 10.0
+    """Longest wait before a retry. Default 10."""
+    auction_window: float = 2.0
+    """Seconds agents have to bid after a call for proposals. Default 2."""
+    preemption: bool = False
+    """Whether a critical task that finds every suitable agent busy may take the place of a
+    lower-priority task (which goes back to the queue, its retry budget untouched)."""
+    reject_unsatisfiable: bool = True
+    """Refuse at submission a task no registered agent could ever take (UnsatisfiableError);
+    off: such a task waits for an agent that can."""
+
+    def __post_init__(self) -> None:
+        _positive(
+            self,
+            "start_to_close",
+            "offer_timeout",
+            "retry_backoff",
+            "retry_backoff_max",
+            "auction_window",
+        )
+        if self.max_retries < 0:
+            raise ConfigError("tasks.max_retries must be 0 or more", field="max_retries")
+
+    def backoff(self, retry: int) -> float:
+        """Seconds before retry number ``retry`` (1 for the first)."""
+        return float(min(self.retry_backoff * 2.0 ** max(retry - 1, 0), self.retry_backoff_max))
+
+
+@dataclass(frozen=True, slots=True)
 class HubSettings:
     """Everything the hub reads at start. ``url`` picks the backend."""
 
@@ -227,6 +273,7 @@ class HubSettings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    tasks: TaskSettings = field(default_factory=TaskSettings)
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:

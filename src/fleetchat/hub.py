@@ -29,6 +29,7 @@ from fleetchat.leases.service import LeaseService
 from fleetchat.models import DeadLetter, Message
 from fleetchat.registry.agents import AgentRegistry
 from fleetchat.registry.sync import RegistrySync
+from fleetchat.tasks.runtime import TaskRuntime
 from fleetchat.types import Clock, Priority, SystemClock, check_agent_id
 
 __all__ = ["Hub", "parse_url"]
@@ -89,6 +90,8 @@ class Hub:
         registry: agents, capabilities, heartbeats, matching.
         metrics: delivery metrics; ``hub.metrics.snapshot()``.
         leases: leases on named shared resources (docs/leases.md).
+        tasks: task submission, state and agents' reports (docs/tasks.md); ``scheduler`` offers
+            them to agents on the leading node.
     """
 
     def __init__(self, settings: HubSettings | None = None, *, clock: Clock | None = None) -> None:
@@ -157,6 +160,12 @@ class Hub:
         self.requests = RequestRouter(self.bus, self.channels, self.clock, chat, self.metrics)
         # -- leases: on the shared store; a lost holder (registry offline) loses its leases
         self.leases = LeaseService(store, self.bus, self.clock, registry=self.registry)
+        # -- tasks: any node takes submissions and reports; the leader schedules
+        self._tasks = TaskRuntime(
+            store, self.bus, self.registry, self.clock, self.settings, self.channels
+        )
+        self.tasks = self._tasks.service
+        self.scheduler = self._tasks.scheduler
         self._state: Literal["new", "open", "closed"] = "new"
 
     @classmethod
@@ -188,6 +197,7 @@ class Hub:
         if self._registry_sync is not None:
             self._registry_sync.start()
         await self.leases.start()
+        await self._tasks.start(self.coordinator.is_leader)
         self._state = "open"
         log.info("hub started", extra={"url": self.settings.url})
 
@@ -197,6 +207,7 @@ class Hub:
         self._state = "closed"
         self.requests.close()
         self._receipts.close()
+        await self._tasks.close()
         await self.leases.close()
         if self._registry_sync is not None:
             await self._registry_sync.close()
@@ -210,10 +221,10 @@ class Hub:
             await self._pg.close()
 
     def _on_leadership(self, leading: bool, epoch: int) -> None:
-        """The leader runs the singleton loops (scheduling and failure detection, as they
-        come); for now leadership is only reported."""
+        """The leader runs the singleton loops: the task scheduler (failure detection next)."""
         if self._state != "closed":
             log.info("leadership", extra={"leading": leading, "epoch": epoch})
+            self._tasks.lead(leading)
 
     async def __aenter__(self) -> Hub:
         await self.start()

@@ -25,6 +25,7 @@ from fleetchat.tasks.records import (
 __all__ = [
     "accept",
     "cancel",
+    "check_holder",
     "complete",
     "fail_attempt",
     "offer",
@@ -61,7 +62,9 @@ def _end_attempt(task: TaskRecord, now: float, outcome: str, reason: str | None)
     return attempts
 
 
-def _check_holder(task: TaskRecord, agent: str, attempt: int | None, states: set[str]) -> None:
+def check_holder(task: TaskRecord, agent: str, attempt: int | None, states: set[str]) -> None:
+    """Raise TaskNotHeldError unless ``agent`` holds ``task`` in one of ``states`` (and, when
+    given, ``attempt`` is the current attempt)."""
     if task.holder != agent or task.state not in states:
         raise TaskNotHeldError(
             f"agent {agent!r} does not hold task {task.id!r} (it is {task.state}"
@@ -98,7 +101,7 @@ def offer(task: TaskRecord, agent: str, now: float) -> tuple[TaskRecord, TaskEve
 def accept(
     task: TaskRecord, agent: str, attempt: int | None, now: float
 ) -> tuple[TaskRecord, TaskEvent]:
-    _check_holder(task, agent, attempt, {"offered"})
+    check_holder(task, agent, attempt, {"offered"})
     attempts = list(task.attempts)
     attempts[-1] = msgspec.structs.replace(attempts[-1], accepted_at=now)
     return _move(
@@ -109,7 +112,7 @@ def accept(
 def start(
     task: TaskRecord, agent: str, attempt: int | None, now: float
 ) -> tuple[TaskRecord, TaskEvent]:
-    _check_holder(task, agent, attempt, {"accepted"})
+    check_holder(task, agent, attempt, {"accepted"})
     attempts = list(task.attempts)
     attempts[-1] = msgspec.structs.replace(attempts[-1], started_at=now)
     accepted = attempts[-1].accepted_at or now
@@ -131,7 +134,7 @@ def progress(
     task: TaskRecord, agent: str, attempt: int | None, value: float | None, now: float
 ) -> TaskRecord:
     """A heartbeat from the running agent (with its progress): no state change, no event."""
-    _check_holder(task, agent, attempt, {"accepted", "running"})
+    check_holder(task, agent, attempt, {"accepted", "running"})
     accepted = task.attempts[-1].accepted_at or now
     return msgspec.structs.replace(
         task,
@@ -144,7 +147,7 @@ def progress(
 def complete(
     task: TaskRecord, agent: str, attempt: int | None, result: object, now: float
 ) -> tuple[TaskRecord, TaskEvent]:
-    _check_holder(task, agent, attempt, {"accepted", "running"})
+    check_holder(task, agent, attempt, {"accepted", "running"})
     attempts = _end_attempt(task, now, "succeeded", None)
     return _move(
         task,
@@ -165,7 +168,7 @@ def reject(
     """The offer was declined (``rejected``) or not accepted in time (``offer_timeout``): back to
     the queue for the next candidate; this does not use the retry budget."""
     if agent is not None:
-        _check_holder(task, agent, None, {"offered"})
+        check_holder(task, agent, None, {"offered"})
     elif task.state != "offered":
         raise ConflictError(f"task {task.id!r} is {task.state}, not offered", task=task.id)
     attempts = _end_attempt(task, now, outcome, reason)

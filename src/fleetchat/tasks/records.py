@@ -18,6 +18,7 @@ __all__ = [
     "HOLDING_STATES",
     "TERMINAL_STATES",
     "Attempt",
+    "BidRecord",
     "TaskEvent",
     "TaskRecord",
     "TaskState",
@@ -60,6 +61,15 @@ class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
     reason: str | None = None
 
 
+class BidRecord(msgspec.Struct, kw_only=True):
+    """An agent's proposal in an auction: its cost and how soon it could be done."""
+
+    agent: str
+    cost: float
+    eta: float
+    at: float
+
+
 class TaskRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     required: dict[str, float]
@@ -92,6 +102,9 @@ class TaskRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Why the task is in its state (the last transition's reason)."""
     created_at: float = 0.0
     updated_at: float = 0.0
+    auction_until: float | None = None
+    """While a call for proposals is open: when it closes."""
+    bids: list[BidRecord] = []
     dropped_results: int = 0
     """Late or duplicate results, dropped."""
     version: int = 0

@@ -1,0 +1,126 @@
+"""The tasks part of a hub: the service, the scheduler while this node leads, and the messages
+tasks send (transitions on ``$tasks``, notices in agents' inboxes).
+
+The Hub owns one :class:`TaskRuntime`; ``hub.tasks`` is its :class:`TaskService`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from fleetchat.errors import ChannelExistsError, FleetchatError
+from fleetchat.models import Channel, Message, MessageKind
+from fleetchat.tasks.scheduler import Scheduler
+from fleetchat.tasks.service import TASKS_CHANNEL, TaskService
+from fleetchat.types import Priority, new_id
+
+if TYPE_CHECKING:
+    from fleetchat.backends.ports import Bus, Store
+    from fleetchat.chat.channels import ChannelRegistry
+    from fleetchat.config import HubSettings
+    from fleetchat.registry.agents import AgentRegistry
+    from fleetchat.tasks.records import TaskEvent
+    from fleetchat.types import Clock
+
+__all__ = ["HUB_SENDER", "TaskRuntime"]
+
+log = logging.getLogger(__name__)
+
+HUB_SENDER = "$hub"
+
+
+class TaskRuntime:
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        registry: AgentRegistry,
+        clock: Clock,
+        settings: HubSettings,
+        channels: ChannelRegistry,
+    ) -> None:
+        self._bus = bus
+        self._clock = clock
+        self._settings = settings
+        self._channels = channels
+        self.service = TaskService(store, bus, registry, clock, settings.tasks, settings.registry)
+        self.service.publish_event = self._event
+        self.scheduler = Scheduler(self.service, registry, clock, self._notice)
+        self._work: set[asyncio.Task[Any]] = set()
+        self._leading = False
+        self._open = False
+
+    async def start(self, leading: bool) -> None:
+        if self._bus.channel(TASKS_CHANNEL) is None:
+            now = self._clock.time()
+            spec = Channel(
+                name=TASKS_CHANNEL,
+                type="system",
+                announce=False,
+                writers=[],
+                created_at=now,
+                last_activity_at=now,
+            )
+            with contextlib.suppress(ChannelExistsError):  # another node made it first
+                await self._bus.create_channel(spec)
+        self._open = True
+        self.lead(leading)
+
+    async def close(self) -> None:
+        self._open = False
+        await self.scheduler.stop()
+        for work in list(self._work):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(work, 1.0)
+
+    def lead(self, leading: bool) -> None:
+        """This node became (or stopped being) the leader: start (or stop) the scheduler."""
+        self._leading = leading
+        if self._open:
+            self._spawn(self.scheduler.start() if leading else self.scheduler.stop())
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        work = asyncio.get_running_loop().create_task(coro)
+        self._work.add(work)
+        work.add_done_callback(self._done)
+
+    def _done(self, work: asyncio.Task[Any]) -> None:
+        self._work.discard(work)
+        if not work.cancelled() and work.exception() is not None:
+            log.error("task work failed", exc_info=work.exception())
+
+    def _event(self, event: TaskEvent) -> None:
+        """Publish a transition on ``$tasks`` (in the background: the change is saved)."""
+        if self._open:
+            self._spawn(self._post(TASKS_CHANNEL, msgspec.to_builtins(event), "system", None))
+
+    async def _notice(self, target: str, body: dict[str, Any], priority: Priority) -> None:
+        """An offer, cancel or call for proposals: to ``@agent``'s inbox or a channel."""
+        if target.startswith("@") and self._bus.channel(target) is None:
+            await self._channels.ensure_inbox(target[1:])
+        await self._post(target, body, "task", priority)
+
+    async def _post(
+        self, channel: str, body: Any, kind: MessageKind, priority: Priority | None
+    ) -> None:
+        """A message from the hub itself (sender ``$hub``, which no agent can be)."""
+        now = self._clock.time()
+        message = Message(
+            id=new_id(),
+            channel=channel,
+            sender=HUB_SENDER,
+            kind=kind,
+            body=body,
+            priority=priority or Priority.NORMAL,
+            created_at=now,
+        )
+        try:
+            await self._bus.publish([message], self._settings.chat.publish_timeout)
+        except FleetchatError as exc:
+            log.warning("task message not sent", extra={"channel": channel, "error": exc.code})

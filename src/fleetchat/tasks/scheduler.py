@@ -1,0 +1,490 @@
+"""The scheduler: offers queued tasks to agents and enforces every timeout. Leader only.
+
+It keeps a view of the unfinished tasks (loaded from the Store when this node starts leading,
+then kept current by the TaskService's change notices) and the number each agent holds, which
+is the agent's load. A pass over the queue runs whenever something may have freed or added
+work (a submission, a finished or failed attempt, an agent coming online); it allocates with
+the task's mode and offers each chosen agent its task in its inbox (a ``task`` message).
+Every change it makes goes through :meth:`TaskService.change` (compare-and-set), so a deposed
+leader acting on an old view changes nothing.
+
+Timers (one per task, on the injected clock): the offer window (the next candidate gets it),
+start-to-close and heartbeat (the attempt fails and is retried with backoff), schedule-to-start
+(the task times out), the end of an auction's bidding, and a retry's backoff. An agent that goes
+offline (missed heartbeats, or its last connection closed) has its tasks retried elsewhere at
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from fleetchat.errors import FleetchatError
+from fleetchat.models import AgentInfo
+from fleetchat.tasks import lifecycle
+from fleetchat.tasks.allocator import decide
+from fleetchat.tasks.auction import Bid, rank_bids
+from fleetchat.tasks.performance import Outcome, update_performance
+from fleetchat.tasks.policy import AllocationPolicy, TaskSpec, Verdict
+from fleetchat.tasks.records import HOLDING_STATES, TaskEvent, TaskRecord
+from fleetchat.types import PRIORITY_RANK, Priority
+
+if TYPE_CHECKING:
+    from fleetchat.registry.agents import AgentRegistry, EventStream
+    from fleetchat.tasks.service import TaskService
+    from fleetchat.types import Clock, TimerHandle
+
+__all__ = ["Scheduler", "Send"]
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str, dict[str, Any], Priority], Awaitable[None]]
+"""Post a task notice (offer, cancel, call for proposals) to an agent's inbox, or to a
+channel when the name has no ``@``."""
+_RETRYABLE_FAILURES = ("failed", "start_to_close", "heartbeat")
+_NOT_COUNTED = ("preempted", "cancelled")
+
+
+class Scheduler:
+    """Runs on the leading node between :meth:`start` and :meth:`stop`."""
+
+    def __init__(
+        self, service: TaskService, registry: AgentRegistry, clock: Clock, send: Send
+    ) -> None:
+        self._service = service
+        self._registry = registry
+        self._clock = clock
+        self._send = send
+        self.settings = service.settings
+        self.policy = service.policy
+        self._view: dict[str, TaskRecord] = {}
+        self._holders: dict[str, str] = {}  # task id -> the agent holding it
+        self._load: dict[str, int] = {}  # agent -> tasks it holds
+        self._timers: dict[str, TimerHandle] = {}
+        self._work: set[asyncio.Task[Any]] = set()
+        self._events: EventStream | None = None
+        self._running = False
+        self._kicked = False
+        self.passes = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self._service.on_change = self.observe
+        self._service.on_remote_change = self._changed_elsewhere
+        self._events = self._registry.events()
+        self._spawn(self._watch_agents(self._events))
+        for task in await self._service.load_active():
+            self.observe(task)
+        self.kick()
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        self._service.on_change = None
+        self._service.on_remote_change = None
+        if self._events is not None:
+            self._events.close()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for work in list(self._work):
+            work.cancel()
+        for work in list(self._work):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await work
+        self._view.clear()
+        self._holders.clear()
+        self._load.clear()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        work = asyncio.get_running_loop().create_task(coro)
+        self._work.add(work)
+        work.add_done_callback(self._done)
+
+    def _done(self, work: asyncio.Task[Any]) -> None:
+        self._work.discard(work)
+        if not work.cancelled() and work.exception() is not None:
+            log.error("scheduler work failed", exc_info=work.exception())
+
+    def load(self, agent_id: str) -> int:
+        """Tasks ``agent_id`` holds (offered, accepted or running)."""
+        return self._load.get(agent_id, 0)
+
+    def view(self) -> list[TaskRecord]:
+        return list(self._view.values())
+
+    # -- keeping the view -----------------------------------------------------------------
+
+    def observe(self, task: TaskRecord) -> None:
+        """A saved change of ``task`` (by anyone): update the view, timers and loads."""
+        if not self._running:
+            return
+        old = self._view.get(task.id)
+        if old is not None and old.version >= task.version:
+            return
+        if task.terminal:
+            self._view.pop(task.id, None)
+        else:
+            self._view[task.id] = task
+        self._hold(task.id, task.holder if task.state in HOLDING_STATES else None)
+        self._arm(task)
+        if old is not None and old.state in HOLDING_STATES and task.state not in HOLDING_STATES:
+            self._ended(old, task)
+        if task.state == "queued" or task.terminal:
+            self.kick()
+
+    def _changed_elsewhere(self, task_id: str, version: int) -> None:
+        known = self._view.get(task_id)
+        if known is None or known.version < version:
+            self._spawn(self._reload(task_id))
+
+    async def _reload(self, task_id: str) -> None:
+        task = await self._service.find(task_id)
+        if task is not None:
+            self.observe(task)
+
+    def _hold(self, task_id: str, agent: str | None) -> None:
+        before = self._holders.get(task_id)
+        if before == agent:
+            return
+        for who, delta in ((before, -1), (agent, +1)):
+            if who is None:
+                continue
+            self._load[who] = max(self._load.get(who, 0) + delta, 0)
+            if who in self._registry:
+                self._registry.set_load(who, self._load[who])
+        if agent is None:
+            self._holders.pop(task_id, None)
+        else:
+            self._holders[task_id] = agent
+
+    def _ended(self, old: TaskRecord, new: TaskRecord) -> None:
+        """An attempt ended: tell a cancelled holder to stop; score the agent's work."""
+        agent = old.holder
+        last = new.attempts[-1] if new.attempts else None
+        if agent is None or last is None:
+            return
+        if new.state == "cancelled" or last.outcome in ("preempted", "start_to_close", "heartbeat"):
+            notice = {"action": "cancel", "task": new.id, "attempt": old.attempt}
+            notice["reason"] = new.reason or last.outcome or "cancelled"
+            self._spawn(self._notify(agent, notice, new.priority))
+        if last.outcome == "succeeded" or last.outcome in _RETRYABLE_FAILURES:
+            took = None if last.accepted_at is None else (last.ended_at or 0) - last.accepted_at
+            outcome = Outcome(last.outcome == "succeeded", max(took or 0.0, 0.0), new.estimate)
+            self._spawn(self._score(agent, outcome))
+
+    async def _score(self, agent_id: str, outcome: Outcome) -> None:
+        if agent_id in self._registry:
+            current = self._registry.get(agent_id).performance
+            await self._registry.update(
+                agent_id, performance=round(update_performance(current, outcome), 6)
+            )
+
+    async def _notify(self, target: str, body: dict[str, Any], priority: Priority) -> None:
+        try:
+            await self._send(target, body, priority)
+        except FleetchatError as exc:
+            log.warning("task notice not sent", extra={"target": target, "error": exc.code})
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _due_at(self, task: TaskRecord) -> float | None:
+        times = []
+        if task.deadline is not None:
+            times.append(task.deadline)
+        if task.state == "queued":
+            if task.not_before > self._clock.time():
+                times.append(task.not_before)
+            if task.auction_until is not None:
+                times.append(task.auction_until)
+        s2s = task.timeouts.schedule_to_start
+        if s2s is not None and task.state in ("queued", "offered"):
+            times.append(task.created_at + s2s)
+        return min(times) if times else None
+
+    def _arm(self, task: TaskRecord) -> None:
+        timer = self._timers.pop(task.id, None)
+        if timer is not None:
+            timer.cancel()
+        due = None if task.terminal else self._due_at(task)
+        if due is not None:
+            delay = max(due - self._clock.time(), 0.0)
+            self._timers[task.id] = self._clock.call_later(delay, lambda: self._due(task.id))
+
+    def _due(self, task_id: str) -> None:
+        self._timers.pop(task_id, None)
+        if self._running:
+            self._spawn(self._expire(task_id))
+
+    async def _expire(self, task_id: str) -> None:
+        """Whatever ran out for ``task_id``, decided again on the stored record."""
+        now = self._clock.time()
+
+        def fn(t: TaskRecord) -> tuple[TaskRecord, TaskEvent | None]:
+            s2s = t.timeouts.schedule_to_start
+            if s2s is not None and t.state in ("queued", "offered") and now >= t.created_at + s2s:
+                return lifecycle.time_out(t, "schedule_to_start", now)
+            if t.deadline is not None and now >= t.deadline:
+                if t.state == "offered":
+                    return lifecycle.reject(t, None, "offer_timeout", None, now)
+                if t.state in ("accepted", "running"):
+                    accepted = t.attempts[-1].accepted_at or now
+                    late = now >= accepted + t.timeouts.start_to_close - 1e-9
+                    outcome = "start_to_close" if late else "heartbeat"
+                    backoff = self.settings.backoff(t.retries_used + 1)
+                    return lifecycle.fail_attempt(t, outcome, None, now, backoff)
+            return t, None
+
+        try:
+            task = await self._service.change(task_id, fn)
+        except FleetchatError as exc:
+            log.warning("task timeout not applied", extra={"task": task_id, "error": exc.code})
+            return
+        if task.state == "queued" and task.auction_until is not None and now >= task.auction_until:
+            await self._close_auction(task)
+        elif task.state == "queued":
+            self._arm(task)
+            self.kick()
+
+    # -- agents ---------------------------------------------------------------------------
+
+    async def _watch_agents(self, events: EventStream) -> None:
+        async for event in events:
+            if event.kind in ("offline", "deregistered"):
+                held = [tid for tid, who in self._holders.items() if who == event.agent_id]
+                for task_id in held:
+                    self._spawn(self.agent_lost(task_id, event.agent_id))
+            else:
+                self.kick()  # online, registered, updated: maybe room for queued work
+
+    async def agent_lost(self, task_id: str, agent_id: str) -> None:
+        """The holder went away: its attempt fails and the task is retried at once."""
+        now = self._clock.time()
+
+        def fn(t: TaskRecord) -> tuple[TaskRecord, TaskEvent | None]:
+            if t.holder != agent_id or t.state not in HOLDING_STATES:
+                return t, None
+            return lifecycle.fail_attempt(t, "agent_lost", f"{agent_id} went offline", now, 0.0)
+
+        with contextlib.suppress(FleetchatError):
+            await self._service.change(task_id, fn)
+
+    # -- allocation -----------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Run a pass over the queue soon (once, however many kicks come first)."""
+        if self._running and not self._kicked:
+            self._kicked = True
+            asyncio.get_running_loop().call_soon(self._spawn, self._pass())
+
+    async def _pass(self) -> None:
+        self._kicked = False
+        self.passes += 1
+        now = self._clock.time()
+        queued = sorted(
+            (
+                t
+                for t in self._view.values()
+                if t.state == "queued" and t.not_before <= now and t.auction_until is None
+            ),
+            key=lambda t: (PRIORITY_RANK[t.priority], t.created_at, t.id),
+        )
+        if not queued:
+            return
+        agents = self._registry.list()
+        load = dict(self._load)
+        batch = [t for t in queued if t.mode == "batch" and t.agent_id is None]
+        if len(batch) > 1:
+            await self._batch(batch, agents, load)
+            queued = [t for t in queued if t not in batch]
+        for task in queued:
+            if task.mode == "auction" and task.agent_id is None and not task.bids:
+                await self._open_auction(task, agents, load)
+                continue
+            agent = self._choose(task, agents, load)
+            if agent is not None:
+                load[agent] = load.get(agent, 0) + 1
+                await self._offer(task, agent)
+            elif self.settings.preemption and task.priority == Priority.CRITICAL:
+                await self._preempt(task, agents)
+
+    def _choose(
+        self, task: TaskRecord, agents: list[AgentInfo], load: dict[str, int]
+    ) -> str | None:
+        """The agent to offer ``task`` to now: preferably one that has not tried it yet."""
+        pool = agents if task.agent_id is None else [a for a in agents if a.id == task.agent_id]
+        if not task.required:  # for a named agent only
+            ok = [
+                a
+                for a in pool
+                if a.online and not a.draining and _load(a, load) < self.policy.load_threshold
+            ]
+            return ok[0].id if ok else None
+        spec = TaskSpec(task.id, task.required, task.priority)
+        tried = {a.agent for a in task.attempts if a.outcome not in _NOT_COUNTED}
+        fresh = [a for a in pool if a.id not in tried]
+        decision = decide(spec, fresh, self.policy, load) if fresh else None
+        if decision is not None and decision.verdict is Verdict.ASSIGNED:
+            return decision.agent_id
+        last = task.attempts[-1].ended_at if task.attempts else None
+        if last is not None and self._clock.time() - last < self.settings.retry_backoff:
+            self._arm_later(task, last + self.settings.retry_backoff)
+            return None
+        again = decide(spec, pool, self.policy, load)
+        return again.agent_id if again.verdict is Verdict.ASSIGNED else None
+
+    def _arm_later(self, task: TaskRecord, at: float) -> None:
+        if task.id not in self._timers:
+            delay = max(at - self._clock.time(), 0.0)
+            self._timers[task.id] = self._clock.call_later(delay, lambda: self._due(task.id))
+
+    async def _offer(self, task: TaskRecord, agent: str) -> None:
+        now = self._clock.time()
+
+        def fn(t: TaskRecord) -> tuple[TaskRecord, TaskEvent | None]:
+            if t.state != "queued" or t.version != task.version:
+                return t, None  # changed since the pass read it: the next pass decides
+            return lifecycle.offer(t, agent, now)
+
+        try:
+            offered = await self._service.change(task.id, fn)
+        except FleetchatError as exc:
+            log.warning("offer not saved", extra={"task": task.id, "error": exc.code})
+            return
+        if offered.state == "offered" and offered.holder == agent:
+            await self._notify("@" + agent, _offer_body(offered), offered.priority)
+
+    async def _batch(
+        self, tasks: list[TaskRecord], agents: list[AgentInfo], load: dict[str, int]
+    ) -> None:
+        from fleetchat.tasks.batch import batch_assign  # scipy: loaded on first use
+
+        specs = [TaskSpec(t.id, t.required, t.priority) for t in tasks]
+        policy = AllocationPolicy(
+            mode="batch",
+            load_threshold=self.policy.load_threshold,
+            min_confidence=self.policy.min_confidence,
+        )
+        by_id = {t.id: t for t in tasks}
+        for decision in batch_assign(specs, agents, policy, load):
+            if decision.agent_id is not None:
+                load[decision.agent_id] = load.get(decision.agent_id, 0) + 1
+                await self._offer(by_id[decision.task_id], decision.agent_id)
+
+    # -- auctions -------------------------------------------------------------------------
+
+    async def _open_auction(
+        self, task: TaskRecord, agents: list[AgentInfo], load: dict[str, int]
+    ) -> None:
+        """Call for proposals: eligible agents (or the task's channel) are asked to bid."""
+        now = self._clock.time()
+        closes = now + self.settings.auction_window
+
+        def fn(t: TaskRecord) -> tuple[TaskRecord, TaskEvent | None]:
+            if t.state != "queued" or t.auction_until is not None:
+                return t, None
+            return msgspec.structs.replace(t, auction_until=closes, bids=[]), None
+
+        opened = await self._service.change(task.id, fn)
+        if opened.auction_until != closes:
+            return
+        body = {
+            "action": "cfp",
+            "task": task.id,
+            "required": task.required,
+            "payload": task.payload,
+            "closes_at": closes,
+        }
+        if task.channel is not None:
+            await self._notify(task.channel, body, task.priority)
+            return
+        spec = TaskSpec(task.id, task.required, task.priority)
+        for agent in agents:
+            if decide(spec, [agent], self.policy, load).verdict is Verdict.ASSIGNED:
+                await self._notify("@" + agent.id, body, task.priority)
+
+    async def _close_auction(self, task: TaskRecord) -> None:
+        """Bidding is over: offer to the best bid; declined offers go to the next bids (their
+        agents have not tried it yet), then to the best-mode choice."""
+        spec = TaskSpec(task.id, task.required, task.priority)
+        bids = [Bid(b.agent, b.cost, b.eta) for b in task.bids]
+        ranked = rank_bids(spec, bids, self._registry.list(), self.policy, self._load)
+        tried = {a.agent for a in task.attempts}
+        order = [s.agent_id for s in ranked if s.agent_id not in tried]
+
+        def fn(t: TaskRecord) -> tuple[TaskRecord, TaskEvent | None]:
+            if t.state != "queued" or t.auction_until is None:
+                return t, None
+            # Keep the bids (the fall-back order) but take no more.
+            return msgspec.structs.replace(t, auction_until=None), None
+
+        closed = await self._service.change(task.id, fn)
+        if closed.state == "queued" and order:
+            await self._offer(closed, order[0])
+        else:
+            self.kick()
+
+    # -- pre-emption ----------------------------------------------------------------------
+
+    async def _preempt(self, task: TaskRecord, agents: list[AgentInfo]) -> None:
+        """A critical task found every suitable agent busy: the lowest-priority task running on
+        a suitable agent goes back to the queue (its retry budget untouched)."""
+        spec = TaskSpec(task.id, task.required, task.priority)
+        idle = dict.fromkeys(self._load, 0)
+        suitable = {
+            a.id for a in agents if decide(spec, [a], self.policy, idle).verdict is Verdict.ASSIGNED
+        }
+        victims = [
+            t
+            for t in self._view.values()
+            if t.holder in suitable
+            and t.state in HOLDING_STATES
+            and PRIORITY_RANK[t.priority] > PRIORITY_RANK[task.priority]
+        ]
+        if not victims:
+            return
+        victim = max(victims, key=lambda t: (PRIORITY_RANK[t.priority], t.created_at))
+        now = self._clock.time()
+
+        def fn(t: TaskRecord) -> tuple[TaskRecord, TaskEvent | None]:
+            if t.version != victim.version:
+                return t, None
+            return lifecycle.fail_attempt(t, "preempted", f"for critical task {task.id}", now, 0)
+
+        with contextlib.suppress(FleetchatError):
+            await self._service.change(victim.id, fn)
+
+
+def _load(agent: AgentInfo, load: dict[str, int]) -> float:
+    return load.get(agent.id, 0) / max(agent.capacity, 1)
+
+
+def _offer_body(task: TaskRecord) -> dict[str, Any]:
+    t = task.timeouts
+    return {
+        "action": "offer",
+        "task": task.id,
+        "attempt": task.attempt,
+        "payload": task.payload,
+        "required": task.required,
+        "priority": str(task.priority),
+        "start_to_close": t.start_to_close,
+        "heartbeat": t.heartbeat,
+        "offer_deadline": task.deadline,
+        "estimate": task.estimate,
+    }

@@ -1,0 +1,384 @@
+"""TaskService: submit, read and cancel tasks; what agents report about them.
+
+Any hub node serves these calls: each is a read, a pure transition
+(:mod:`fleetchat.tasks.lifecycle`) and a compare-and-set save in the Store, retried from a fresh
+read when another node changed the task first; so exactly one result is accepted per task. A
+saved transition is published on ``$tasks`` and told to the scheduler, which runs on the
+leading node (:mod:`fleetchat.tasks.scheduler`): directly when it runs here, over a bus
+broadcast otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from fleetchat.errors import (
+    ConflictError,
+    InvalidInputError,
+    TaskNotFoundError,
+    TaskNotHeldError,
+    UnsatisfiableError,
+)
+from fleetchat.registry.matching import check_required
+from fleetchat.tasks import lifecycle
+from fleetchat.tasks.allocator import could_ever_match
+from fleetchat.tasks.policy import AllocationPolicy, TaskSpec, check_mode, unknown_capabilities
+from fleetchat.tasks.records import BidRecord, TaskEvent, TaskRecord, Timeouts
+from fleetchat.types import Priority, check_agent_id, new_id, parse_priority
+
+if TYPE_CHECKING:
+    from fleetchat.backends.ports import Bus, Store
+    from fleetchat.config import RegistrySettings, TaskSettings
+    from fleetchat.registry.agents import AgentRegistry
+    from fleetchat.types import Clock
+
+__all__ = ["TASKS_CHANNEL", "TaskService"]
+
+log = logging.getLogger(__name__)
+
+TASKS_CHANNEL = "$tasks"
+"""Every task transition is published here (a system channel agents and tools may join)."""
+_BROADCAST = "tasks"
+_encode = msgspec.json.Encoder().encode
+_CAS_TRIES = 50
+
+Change = Callable[[TaskRecord], tuple[TaskRecord, TaskEvent | None]]
+
+
+def _seconds(value: object, field: str, *, optional: bool) -> float | None:
+    if value is None and optional:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise InvalidInputError(f"{field} must be a positive number of seconds", field=field)
+    return float(value)
+
+
+def _or(value: object, default: float, field: str) -> float:
+    return default if value is None else float(_seconds(value, field, optional=False) or default)
+
+
+class TaskService:
+    """Tasks through the Store, on any node. Built and owned by the Hub."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        registry: AgentRegistry,
+        clock: Clock,
+        settings: TaskSettings,
+        registry_settings: RegistrySettings,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._registry = registry
+        self._clock = clock
+        self.settings = settings
+        self.policy = AllocationPolicy(
+            load_threshold=registry_settings.load_threshold,
+            min_confidence=registry_settings.min_confidence,
+        )
+        self.on_change: Callable[[TaskRecord], None] | None = None
+        """Set by the scheduler while it runs on this node: told of every change saved here."""
+        self.on_remote_change: Callable[[str, int], None] | None = None
+        """Set by the scheduler while it runs here: told (task id, version) of every change
+        another node saved."""
+        self.publish_event: Callable[[TaskEvent], None] = lambda event: None
+        """Set by the Hub: publishes a transition on ``$tasks``."""
+        bus.on_broadcast(_BROADCAST, self._on_broadcast)
+
+    # -- submit and read ----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        required: Mapping[str, float] | None = None,
+        *,
+        payload: Any = None,
+        priority: Priority | str = Priority.NORMAL,
+        idempotency_key: str | None = None,
+        mode: str | None = None,
+        agent_id: str | None = None,
+        channel: str | None = None,
+        schedule_to_start: float | None = None,
+        start_to_close: float | None = None,
+        heartbeat: float | None = None,
+        offer_timeout: float | None = None,
+        max_retries: int | None = None,
+        estimate: float | None = None,
+        submitted_by: str = "",
+    ) -> TaskRecord:
+        """Queue a task for the agents that have ``required`` ({capability: weight}), or for
+        ``agent_id`` only. A second submit with the same ``idempotency_key`` returns the first
+        task and changes nothing.
+
+        Raises:
+            InvalidInputError: bad requirements, priority, mode, timeouts or retry budget.
+            UnsatisfiableError: no registered agent could ever take it (unless
+                ``tasks.reject_unsatisfiable`` is off).
+        """
+        if idempotency_key is not None:
+            if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 200:
+                raise InvalidInputError(
+                    "idempotency_key must be 1-200 characters", field="idempotency_key"
+                )
+            existing = await self._store.find_task(idempotency_key)
+            if existing is not None:
+                return existing
+        task = self._build(
+            required,
+            payload=payload,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            mode=mode,
+            agent_id=agent_id,
+            channel=channel,
+            timeouts=Timeouts(
+                schedule_to_start=_seconds(schedule_to_start, "schedule_to_start", optional=True),
+                start_to_close=_or(start_to_close, self.settings.start_to_close, "start_to_close"),
+                heartbeat=_seconds(heartbeat, "heartbeat", optional=True),
+                offer=_or(offer_timeout, self.settings.offer_timeout, "offer_timeout"),
+            ),
+            max_retries=max_retries,
+            estimate=_seconds(estimate, "estimate", optional=True),
+            submitted_by=submitted_by,
+        )
+        if not await self._store.save_task(task, 0):
+            if idempotency_key is not None:  # submitted at the same moment elsewhere
+                existing = await self._store.find_task(idempotency_key)
+                if existing is not None:
+                    return existing
+            raise ConflictError(f"task {task.id!r} exists", task=task.id)  # pragma: no cover
+        task = msgspec.structs.replace(task, version=1)
+        self._saved(task, TaskEvent(task=task.id, state="queued", at=task.created_at))
+        return task
+
+    def _build(
+        self,
+        required: Mapping[str, float] | None,
+        *,
+        max_retries: int | None,
+        agent_id: str | None,
+        mode: str | None,
+        priority: Priority | str,
+        **fields: Any,
+    ) -> TaskRecord:
+        if agent_id is not None:
+            check_agent_id(agent_id, "agent_id")
+        needs = check_required(required) if required or agent_id is None else {}
+        retries = self.settings.max_retries if max_retries is None else max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+            raise InvalidInputError("max_retries must be an integer in 0..100", field="max_retries")
+        now = self._clock.time()
+        task = TaskRecord(
+            id=new_id(),
+            required=needs,
+            priority=parse_priority(priority),
+            mode=check_mode(mode or self.settings.mode),
+            agent_id=agent_id,
+            max_retries=retries,
+            created_at=now,
+            updated_at=now,
+            **fields,
+        )
+        if self.settings.reject_unsatisfiable:
+            self._check_satisfiable(task)
+        return task
+
+    def _check_satisfiable(self, task: TaskRecord) -> None:
+        agents = self._registry.list()
+        if task.agent_id is not None:
+            agents = [a for a in agents if a.id == task.agent_id]
+            if not agents:
+                raise UnsatisfiableError(
+                    f"no agent {task.agent_id!r} is registered", agent_id=task.agent_id
+                )
+            if not task.required:
+                return
+        spec = TaskSpec(task.id, task.required, task.priority)
+        if not could_ever_match(spec, agents, self.policy):
+            unknown = unknown_capabilities(spec, agents)
+            why = (
+                f"no registered agent has {', '.join(unknown)}"
+                if unknown
+                else f"no registered agent matches {dict(task.required)} with confidence "
+                f"{self.policy.min_confidence:g} or more"
+            )
+            raise UnsatisfiableError(why, unknown=",".join(unknown))
+
+    async def get(self, task_id: str) -> TaskRecord:
+        task = await self._store.load_task(task_id) if isinstance(task_id, str) else None
+        if task is None:
+            raise TaskNotFoundError(f"no task {task_id!r}", task=task_id)
+        return task
+
+    async def find(self, task_id: str) -> TaskRecord | None:
+        return await self._store.load_task(task_id)
+
+    async def load_active(self) -> list[TaskRecord]:
+        """Every unfinished task (queued or held), oldest first."""
+        return await self._store.load_tasks(active=True)
+
+    async def list(self, *, state: str | None = None, limit: int = 100) -> list[TaskRecord]:
+        """Tasks oldest first (``state``: only those; ``active``: queued or held)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise InvalidInputError("limit must be 1..10000", field="limit")
+        if state == "active":
+            return await self._store.load_tasks(active=True, limit=limit)
+        return await self._store.load_tasks(state=state, limit=limit)
+
+    # -- changes ------------------------------------------------------------------------------
+
+    async def cancel(self, task_id: str, reason: str | None = None) -> TaskRecord:
+        """Cancel a task that has not finished; its holder is told to stop."""
+        now = self._clock.time()
+        return await self.change(task_id, lambda t: lifecycle.cancel(t, reason, now))
+
+    async def change(self, task_id: str, fn: Change) -> TaskRecord:
+        """Apply ``fn`` to the stored task by compare-and-set, from a fresh read each time
+        another writer came first. ``fn`` returns the task unchanged (and no event) to leave it
+        as it is; its errors propagate, and nothing is saved."""
+        for _ in range(_CAS_TRIES):
+            task = await self.get(task_id)
+            new, event = fn(task)
+            if new is task:
+                return task
+            if await self._store.save_task(new, task.version):
+                new = msgspec.structs.replace(new, version=task.version + 1)
+                self._saved(new, event)
+                return new
+        raise ConflictError(f"task {task_id!r} keeps changing; try again", task=task_id)
+
+    def _saved(self, task: TaskRecord, event: TaskEvent | None) -> None:
+        if event is not None:
+            self.publish_event(event)
+        if self.on_change is not None:
+            self.on_change(task)
+        else:
+            self._bus.broadcast(_BROADCAST, _encode([task.id, task.version]))
+
+    def _on_broadcast(self, data: bytes) -> None:
+        if self.on_remote_change is not None:
+            task_id, version = msgspec.json.decode(data)
+            self.on_remote_change(task_id, version)
+
+    # -- what agents report -------------------------------------------------------------------
+
+    async def accept(self, task_id: str, agent: str, attempt: int | None = None) -> TaskRecord:
+        now = self._clock.time()
+        return await self.change(task_id, lambda t: lifecycle.accept(t, agent, attempt, now))
+
+    async def reject(
+        self, task_id: str, agent: str, attempt: int | None = None, reason: str | None = None
+    ) -> TaskRecord:
+        now = self._clock.time()
+
+        def fn(t: TaskRecord) -> tuple[TaskRecord, TaskEvent | None]:
+            lifecycle.check_holder(t, agent, attempt, {"offered"})
+            return lifecycle.reject(t, agent, "rejected", reason, now)
+
+        return await self.change(task_id, fn)
+
+    async def start(self, task_id: str, agent: str, attempt: int | None = None) -> TaskRecord:
+        now = self._clock.time()
+
+        task = await self.get(task_id)
+        if task.state == "offered" and task.holder == agent:  # start implies accept
+            await self.accept(task_id, agent, attempt)
+        return await self.change(task_id, lambda t: lifecycle.start(t, agent, attempt, now))
+
+    async def progress(
+        self, task_id: str, agent: str, attempt: int | None = None, value: float | None = None
+    ) -> TaskRecord:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1
+        ):
+            raise InvalidInputError("progress must be a number in 0..1", field="progress")
+        now = self._clock.time()
+        return await self.change(
+            task_id, lambda t: (lifecycle.progress(t, agent, attempt, value, now), None)
+        )
+
+    async def complete(
+        self, task_id: str, agent: str, attempt: int | None = None, result: Any = None
+    ) -> TaskRecord:
+        """The holder's result: the task succeeds. Exactly one result is accepted; a late or
+        repeated one is dropped, counted on the task (``dropped_results``), and answered with
+        TaskNotHeldError, except the holder repeating its own accepted result (answered with
+        the task, for a client that retries after a lost answer)."""
+        now = self._clock.time()
+        try:
+            return await self.change(
+                task_id, lambda t: lifecycle.complete(t, agent, attempt, result, now)
+            )
+        except TaskNotHeldError:
+            task = await self._count_dropped(task_id)
+            last = task.attempts[-1] if task.attempts else None
+            repeated = last is not None and last.agent == agent and attempt in (None, task.attempt)
+            if task.state == "succeeded" and repeated:
+                return task
+            raise
+
+    async def fail(
+        self,
+        task_id: str,
+        agent: str,
+        attempt: int | None = None,
+        error: str | None = None,
+        *,
+        retry: bool = True,
+    ) -> TaskRecord:
+        """The holder could not do it: retried on another agent within the budget (not at all
+        with ``retry=False``), else failed."""
+        now = self._clock.time()
+        reason = None if error is None else str(error)[:500]
+
+        def fn(t: TaskRecord) -> tuple[TaskRecord, TaskEvent | None]:
+            lifecycle.check_holder(t, agent, attempt, {"offered", "accepted", "running"})
+            if not retry:
+                t = msgspec.structs.replace(t, retries_used=t.max_retries)
+            return lifecycle.fail_attempt(
+                t, "failed", reason, now, self.settings.backoff(t.retries_used + 1)
+            )
+
+        try:
+            return await self.change(task_id, fn)
+        except TaskNotHeldError:
+            await self._count_dropped(task_id)
+            raise
+
+    async def _count_dropped(self, task_id: str) -> TaskRecord:
+        def fn(t: TaskRecord) -> tuple[TaskRecord, TaskEvent | None]:
+            return msgspec.structs.replace(t, dropped_results=t.dropped_results + 1), None
+
+        return await self.change(task_id, fn)
+
+    async def bid(self, task_id: str, agent: str, cost: float, eta: float) -> TaskRecord:
+        """A bid for a task being auctioned (its call for proposals is open)."""
+        for value, name in ((cost, "cost"), (eta, "eta")):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise InvalidInputError(f"{name} must be a non-negative number", field=name)
+        now = self._clock.time()
+
+        def fn(t: TaskRecord) -> tuple[TaskRecord, TaskEvent | None]:
+            if t.state != "queued" or t.auction_until is None or now > t.auction_until:
+                raise ConflictError(f"task {t.id!r} takes no bids now", task=t.id, state=t.state)
+            bids = [b for b in t.bids if b.agent != agent]
+            bids.append(BidRecord(agent=agent, cost=float(cost), eta=float(eta), at=now))
+            return msgspec.structs.replace(t, bids=bids), None
+
+        return await self.change(task_id, fn)
