@@ -6,7 +6,7 @@ reference for people writing agents in other languages; keep the two in step.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -36,6 +36,7 @@ __all__ = [
     "ReplyFrame",
     "Request",
     "Subscribe",
+    "TaskReport",
     "Unsubscribe",
     "Welcome",
     "decode_client_frame",
@@ -138,6 +139,24 @@ class Reply(_Frame, tag="reply"):
     body: Any = None
 
 
+class TaskReport(_Frame, tag="task"):
+    """An agent's report on a task it was offered or holds (answered with ``ok`` or
+    ``error``): ``accept``, ``reject`` (``error`` says why), ``start``, ``progress``
+    (``progress`` 0..1; also a heartbeat), ``complete`` (``result``), ``fail`` (``error``,
+    ``retry``), or ``bid`` (``cost``, ``eta``) after a call for proposals."""
+
+    id: str
+    task: str
+    action: Literal["accept", "reject", "start", "progress", "complete", "fail", "bid"]
+    attempt: int | None = None
+    result: Any = None
+    error: str | None = None
+    retry: bool = True
+    progress: float | None = None
+    cost: float | None = None
+    eta: float | None = None
+
+
 class Heartbeat(_Frame, tag="heartbeat"):
     resources: dict[str, Any] | None = None
 
@@ -195,7 +214,18 @@ class ErrorFrame(_ServerFrame, tag="error"):
 encode = msgspec.json.Encoder().encode
 
 
-ClientFrame = Hello | Subscribe | Unsubscribe | Publish | Ack | Nack | Request | Reply | Heartbeat
+ClientFrame = (
+    Hello
+    | Subscribe
+    | Unsubscribe
+    | Publish
+    | Ack
+    | Nack
+    | Request
+    | Reply
+    | TaskReport
+    | Heartbeat
+)
 
 
 _decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)

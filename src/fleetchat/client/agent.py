@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, TypeVar, overload
 
 from fleetchat import protocol as p
@@ -12,6 +12,7 @@ from fleetchat.client.core import AgentCore
 from fleetchat.client.leases import LeaseClient
 from fleetchat.client.rest import HubClient
 from fleetchat.client.stream import MessageStream
+from fleetchat.client.task_work import TaskRunner, TaskWork
 from fleetchat.client.wire import DEFAULT_HUB
 from fleetchat.errors import InvalidInputError
 from fleetchat.models import Message
@@ -20,6 +21,7 @@ from fleetchat.types import Priority, new_id, parse_priority
 __all__ = ["Agent"]
 
 H = TypeVar("H", bound=Callable[..., Any])
+T = TypeVar("T", bound=Callable[..., Awaitable[Any]])
 
 _PATTERN_CHARS = frozenset("*?[")
 
@@ -90,6 +92,8 @@ class Agent(AgentCore):
         )
         self._leases: LeaseClient | None = None
         self._lease_rest: HubClient | None = None
+        self._tasks = TaskRunner(self._task_call, capacity)
+        self._dispatcher.add_handler(self._tasks.on_notice, None, "task")
 
     # -- handlers -------------------------------------------------------------------------
 
@@ -127,6 +131,48 @@ class Agent(AgentCore):
 
         return register
 
+    @overload
+    def on_task(self, fn: T, /) -> T: ...
+
+    @overload
+    def on_task(
+        self, fn: None = None, /, *, accept: Callable[[TaskWork], bool] | None = None
+    ) -> Callable[[T], T]: ...
+
+    def on_task(
+        self, fn: T | None = None, /, *, accept: Callable[[TaskWork], bool] | None = None
+    ) -> T | Callable[[T], T]:
+        """Register ``async def handler(work: TaskWork) -> result`` for the tasks the hub
+        offers this agent (docs/tasks.md). Returning reports the result; raising reports a
+        failure (the hub retries elsewhere within the task's budget). ``accept(work)`` may
+        decline an offer (the next candidate gets it); offers beyond ``capacity`` running at
+        once are declined too. A task with a heartbeat timeout is heartbeated while the
+        handler runs; ``await work.progress(0.5)`` reports progress (and is a heartbeat).
+        """
+
+        def register(handler: T) -> T:
+            _check_async(handler)
+            self._tasks.handler = handler
+            self._tasks.accept = accept
+            return handler
+
+        return register(fn) if fn is not None else register
+
+    def on_cfp(self, fn: T) -> T:
+        """Register ``async def bid(cfp: CallForProposals) -> (cost, eta) | None`` for task
+        auctions: return a bid, or None to stay out."""
+        _check_async(fn)
+        self._tasks.bidder = fn
+        return fn
+
+    @property
+    def tasks_running(self) -> list[str]:
+        """Ids of the tasks this agent's handler runs now."""
+        return list(self._tasks.running)
+
+    async def _task_call(self, frame: p.TaskReport) -> Any:
+        return await self._call(frame, timeout=30)
+
     def messages(self, channel: str | None = None, kind: str | None = None) -> MessageStream:
         """Messages no handler takes, as an async iterator (see :class:`MessageStream`).
 
@@ -160,6 +206,7 @@ class Agent(AgentCore):
 
     async def close(self, *, drain: bool = True) -> None:
         try:
+            await self._tasks.stop()
             await super().close(drain=drain)
         finally:
             if self._lease_rest is not None:

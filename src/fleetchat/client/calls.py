@@ -13,7 +13,7 @@ from fleetchat.errors import FleetchatError, RequestTimeoutError, error_from_cod
 
 __all__ = ["Call", "CallFrame", "CallTable", "request_timeout"]
 
-CallFrame = p.Publish | p.Request | p.Subscribe | p.Unsubscribe
+CallFrame = p.Publish | p.Request | p.Subscribe | p.Unsubscribe | p.TaskReport
 Answer = p.Ok | p.Published | p.ReplyFrame | p.ErrorFrame
 
 

@@ -27,6 +27,7 @@ from fleetchat.errors import (
 from fleetchat.models import Message
 from fleetchat.server.caches import MessageCache, PublishLedger, RateBucket
 from fleetchat.server.outbound import Outbound
+from fleetchat.server.task_reports import report_task
 
 if TYPE_CHECKING:
     from fleetchat.backends.local_member import Batch
@@ -268,6 +269,8 @@ class AgentSession(Outbound):
             self._drop_settled()
         elif isinstance(frame, p.Request):
             self._spawn(self._request(frame))
+        elif isinstance(frame, p.TaskReport):
+            self._spawn(self._task_report(frame))
         elif isinstance(frame, p.Reply):
             request = self.requests.pop(frame.tag, None)
             if request is None:
@@ -337,6 +340,13 @@ class AgentSession(Outbound):
                     )
                 ]
             await self._send(p.ReplyFrame(id=frame.id, replies=replies))
+        except FleetchatError as exc:
+            await self._error(exc, frame.id)
+
+    async def _task_report(self, frame: p.TaskReport) -> None:
+        try:
+            await report_task(self.hub.tasks, self.agent_id, frame)
+            await self._send(p.Ok(id=frame.id))
         except FleetchatError as exc:
             await self._error(exc, frame.id)
 

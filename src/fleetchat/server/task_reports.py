@@ -1,0 +1,38 @@
+"""An agent's ``task`` frame, carried out on the TaskService."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fleetchat.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from fleetchat import protocol as p
+    from fleetchat.tasks.records import TaskRecord
+    from fleetchat.tasks.service import TaskService
+
+__all__ = ["report_task"]
+
+
+async def report_task(tasks: TaskService, agent: str, frame: p.TaskReport) -> TaskRecord:
+    """Apply ``frame`` (an agent's accept, reject, start, progress, complete, fail or bid)."""
+    if frame.attempt is not None and (isinstance(frame.attempt, bool) or frame.attempt < 1):
+        raise InvalidInputError("attempt must be 1 or more", field="attempt")
+    task, attempt = frame.task, frame.attempt
+    match frame.action:
+        case "accept":
+            return await tasks.accept(task, agent, attempt)
+        case "reject":
+            return await tasks.reject(task, agent, attempt, frame.error)
+        case "start":
+            return await tasks.start(task, agent, attempt)
+        case "progress":
+            return await tasks.progress(task, agent, attempt, frame.progress)
+        case "complete":
+            return await tasks.complete(task, agent, attempt, frame.result)
+        case "fail":
+            return await tasks.fail(task, agent, attempt, frame.error, retry=frame.retry)
+        case "bid":
+            if frame.cost is None or frame.eta is None:
+                raise InvalidInputError("a bid needs cost and eta", field="cost")
+            return await tasks.bid(task, agent, frame.cost, frame.eta)
