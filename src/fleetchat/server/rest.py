@@ -24,6 +24,7 @@ from fleetchat.server.rest_leases import LEASE_ROUTES
 from fleetchat.server.rest_route import Ctx as Ctx  # Ctx and Param: public here before the split
 from fleetchat.server.rest_route import Param as Param
 from fleetchat.server.rest_route import Route
+from fleetchat.server.rest_tasks import TASK_ROUTES
 
 __all__ = ["ROUTES", "STATUS_BY_CODE", "Route", "error_response", "install_routes"]
 
@@ -54,7 +55,7 @@ STATUS_BY_CODE = {
 
 _json = msgspec.json.Encoder()
 
-ROUTES: tuple[Route, ...] = (*CHANNEL_ROUTES, *AGENT_ROUTES, *LEASE_ROUTES)
+ROUTES: tuple[Route, ...] = (*CHANNEL_ROUTES, *AGENT_ROUTES, *LEASE_ROUTES, *TASK_ROUTES)
 """Every route, in the order of the OpenAPI document: channels and messages, then agents,
 metrics and dead letters, then leases (rest_leases.py)."""
 

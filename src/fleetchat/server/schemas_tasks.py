@@ -26,8 +26,8 @@ __all__ = [
     "SubmitBody",
     "TaskList",
     "TaskRecord",
-    "TimeoutsBody",
     "Timeouts",
+    "TimeoutsBody",
 ]
 
 AttemptNo = Annotated[int, msgspec.Meta(ge=1)]
