@@ -11,6 +11,7 @@ import aiohttp
 import msgspec
 
 from fleetchat.client.leases import LeaseClient
+from fleetchat.client.tasks_rest import TaskClient
 from fleetchat.client.wire import DEFAULT_HUB, HubUnavailableError, http_url
 from fleetchat.errors import ClosedError, FleetchatError, error_from_code
 from fleetchat.models import AgentInfo, Channel, ChannelType, Message
@@ -262,6 +263,12 @@ class HubClient:
         """Lease calls (``acquire``, ``renew``, ``release``, ``get``, ``list``); name the
         ``holder`` per call when auth is off."""
         return LeaseClient(self)
+
+    @property
+    def tasks(self) -> TaskClient:
+        """Task calls (``submit``, ``get``, ``list``, ``cancel``, ``wait``, and the agent's
+        ``accept`` ... ``complete``); name the ``agent`` per report when auth is off."""
+        return TaskClient(self)
 
     # -- operations -----------------------------------------------------------------------
 

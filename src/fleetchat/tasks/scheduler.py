@@ -182,7 +182,8 @@ class Scheduler:
         if new.state == "cancelled" or last.outcome in ("preempted", "start_to_close", "heartbeat"):
             notice = {"action": "cancel", "task": new.id, "attempt": old.attempt}
             notice["reason"] = new.reason or last.outcome or "cancelled"
-            self._spawn(self._notify(agent, notice, new.priority))
+            # Ahead of anything else queued for the agent: it should stop at once.
+            self._spawn(self._notify("@" + agent, notice, Priority.CRITICAL))
         if last.outcome == "succeeded" or last.outcome in _RETRYABLE_FAILURES:
             took = None if last.accepted_at is None else (last.ended_at or 0) - last.accepted_at
             outcome = Outcome(last.outcome == "succeeded", max(took or 0.0, 0.0), new.estimate)
@@ -316,7 +317,8 @@ class Scheduler:
             if task.mode == "auction" and task.agent_id is None and not task.bids:
                 await self._open_auction(task, agents, load)
                 continue
-            agent = self._choose(task, agents, load)
+            agent = self._next_bid(task, agents, load) if task.bids else None
+            agent = agent or self._choose(task, agents, load)
             if agent is not None:
                 load[agent] = load.get(agent, 0) + 1
                 await self._offer(task, agent)
@@ -418,14 +420,20 @@ class Scheduler:
             if decide(spec, [agent], self.policy, load).verdict is Verdict.ASSIGNED:
                 await self._notify("@" + agent.id, body, task.priority)
 
-    async def _close_auction(self, task: TaskRecord) -> None:
-        """Bidding is over: offer to the best bid; declined offers go to the next bids (their
-        agents have not tried it yet), then to the best-mode choice."""
+    def _next_bid(
+        self, task: TaskRecord, agents: list[AgentInfo], load: dict[str, int]
+    ) -> str | None:
+        """The best bid whose agent is eligible now and has not had the task yet."""
         spec = TaskSpec(task.id, task.required, task.priority)
-        bids = [Bid(b.agent, b.cost, b.eta) for b in task.bids]
-        ranked = rank_bids(spec, bids, self._registry.list(), self.policy, self._load)
         tried = {a.agent for a in task.attempts}
-        order = [s.agent_id for s in ranked if s.agent_id not in tried]
+        bids = [Bid(b.agent, b.cost, b.eta) for b in task.bids if b.agent not in tried]
+        ranked = rank_bids(spec, bids, agents, self.policy, load)
+        return ranked[0].agent_id if ranked else None
+
+    async def _close_auction(self, task: TaskRecord) -> None:
+        """Bidding is over: offer to the best bid; declined offers go to the next bids in
+        order, then to the best-mode choice."""
+        winner = self._next_bid(task, self._registry.list(), self._load)
 
         def fn(t: TaskRecord) -> tuple[TaskRecord, TaskEvent | None]:
             if t.state != "queued" or t.auction_until is None:
@@ -434,8 +442,8 @@ class Scheduler:
             return msgspec.structs.replace(t, auction_until=None), None
 
         closed = await self._service.change(task.id, fn)
-        if closed.state == "queued" and order:
-            await self._offer(closed, order[0])
+        if closed.state == "queued" and winner is not None:
+            await self._offer(closed, winner)
         else:
             self.kick()
 
