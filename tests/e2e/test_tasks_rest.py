@@ -25,13 +25,15 @@ from .conftest import RawAgent, RunningServer, StartServer
 WELD = {"weld": 0.95}
 
 
-async def _offered(running: RunningServer, task_id: str, agent: str) -> dict[str, Any]:
+async def _offered(
+    running: RunningServer, task_id: str, agent: str, token: str | None = None
+) -> dict[str, Any]:
     """The task once the scheduler has offered it to ``agent``."""
     task: dict[str, Any] = {}
 
     async def check() -> bool:
         nonlocal task
-        _, task = await running.request("GET", f"/v1/tasks/{task_id}")
+        _, task = await running.request("GET", f"/v1/tasks/{task_id}", token=token)
         return task.get("state") == "offered" and task.get("holder") == agent
 
     await assert_eventually(check, message=f"task {task_id} was never offered to {agent}")
@@ -59,7 +61,7 @@ async def test_a_task_runs_its_whole_lifecycle_through_the_rest_reports(
     task_id = submitted["id"]
     offer = (await arm.deliveries(1))[0].body
     assert (offer["action"], offer["task"], offer["attempt"]) == ("offer", task_id, 1)
-    await _offered(server, task_id, "arm-1")
+    await _offered(server, task_id, "arm-1", planner)
 
     path = f"/v1/tasks/{task_id}"
     for action, body in (
@@ -104,7 +106,8 @@ async def test_submit_get_list_and_cancel(start_server: StartServer) -> None:
         "POST", f"/v1/tasks/{task['id']}/cancel", json={"reason": "order withdrawn"}
     )
 
-    assert (status, cancelled["state"], cancelled["reason"]) == (200, "cancelled", "order withdrawn")
+    assert (status, cancelled["state"]) == (200, "cancelled")
+    assert cancelled["reason"] == "order withdrawn"
     _, listed = await running.request("GET", "/v1/tasks?state=cancelled&limit=5")
     assert [t["id"] for t in listed["tasks"]] == [task["id"]]
     _, active = await running.request("GET", "/v1/tasks?state=active")
@@ -221,9 +224,7 @@ async def test_without_auth_a_report_must_name_its_agent(start_server: StartServ
 async def test_with_auth_a_report_cannot_act_as_another_agent(server: RunningServer) -> None:
     token = await server.token("welder-1")
     await server.connect("welder-1", token, capabilities=WELD)
-    _, task = await server.request(
-        "POST", "/v1/tasks", token=token, json={"required": {"weld": 1}}
-    )
+    _, task = await server.request("POST", "/v1/tasks", token=token, json={"required": {"weld": 1}})
 
     status, body = await server.request(
         "POST", f"/v1/tasks/{task['id']}/accept", token=token, json={"agent": "welder-2"}
