@@ -17,6 +17,7 @@ from rich.markup import escape
 from fleetchat.cli.leases import register as register_leases
 from fleetchat.cli.migrate import register as register_migrate
 from fleetchat.cli.remote import register as register_remote
+from fleetchat.cli.tasks import register as register_tasks
 from fleetchat.config import HubSettings, load_settings
 from fleetchat.errors import FleetchatError
 
@@ -199,6 +200,7 @@ def token_revoke(
 
 register_remote(app)
 register_leases(app)
+register_tasks(app)
 register_migrate(app)
 
 
