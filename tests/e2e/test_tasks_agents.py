@@ -153,7 +153,7 @@ async def workers(tmp_path: Path) -> AsyncIterator[Any]:
         )
         procs.append(proc)
         async with asyncio.timeout(20):
-            while not (log.exists() and "ready" in log.read_text()):
+            while not (log.exists() and "ready" in log.read_text()):  # noqa: ASYNC110 - a file
                 await asyncio.sleep(0.05)
         return proc, log
 
@@ -168,10 +168,10 @@ async def test_a_task_whose_agent_is_killed_completes_on_another_exactly_once(
     open_server: RunningServer, workers: Any
 ) -> None:
     doomed, doomed_log = await workers(open_server.url, "w-1", 30.0)  # the best, and slow
-    spare, spare_log = await workers(open_server.url, "w-2", 0.2)
+    _, spare_log = await workers(open_server.url, "w-2", 0.2)
     task = await open_server.hub.tasks.submit({"weld": 1.0}, payload="seam-9")
     async with asyncio.timeout(10):
-        while f"start {task.id} 1" not in doomed_log.read_text():
+        while f"start {task.id} 1" not in doomed_log.read_text():  # noqa: ASYNC110 - a file
             await asyncio.sleep(0.02)
     killed = time.monotonic()
     doomed.send_signal(signal.SIGKILL)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -53,7 +53,7 @@ async def advance(hub: Hub, clock: FakeClock, seconds: float, alive: Iterable[st
 
 
 @pytest.fixture
-async def agents(hub: Hub) -> AsyncIterator[dict[str, Subscription]]:
+async def agents(hub: Hub) -> dict[str, Subscription]:
     """arm-1 (weld 0.95), arm-2 (weld 0.85), cam-1 (inspect 0.9); capacity 1 each."""
     subs = {}
     for agent, caps in (
@@ -63,7 +63,7 @@ async def agents(hub: Hub) -> AsyncIterator[dict[str, Subscription]]:
     ):
         await hub.registry.register(agent, capabilities=caps, capacity=1)
         subs[agent] = await hub.subscribe(agent)
-    yield subs
+    return subs
 
 
 async def test_a_task_goes_to_the_best_agent_and_succeeds(
