@@ -10,7 +10,7 @@ import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from fleetchat.cli.remote import (
     DEFAULT_HUB,
@@ -187,7 +187,9 @@ def list_(
     if json_:
         _dump(found)
         return
-    table = Table("ID", "STATE", "PRIORITY", "HOLDER", "ATTEMPTS", "AGE", box=None)
+    # ids are copied into other commands: shown whole, the other columns give way
+    id_column = Column("ID", no_wrap=True, min_width=max((len(t.id) for t in found), default=2))
+    table = Table(id_column, "STATE", "PRIORITY", "HOLDER", "ATTEMPTS", "AGE", box=None)
     for t in found:
         attempts = f"{t.attempt}/{t.max_retries + 1}"
         table.add_row(
