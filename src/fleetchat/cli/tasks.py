@@ -84,6 +84,8 @@ def _state(task: TaskRecord) -> str:
 def _show(task: TaskRecord) -> None:
     holder = f" held by {task.holder}" if task.holder else ""
     out.print(f"task {task.id}: {_state(task)}{holder} ({task.priority}, attempt {task.attempt})")
+    if task.progress is not None and not task.terminal:
+        out.print(f"  progress: {task.progress:.0%}")
     if task.reason:
         out.print(f"  reason: {task.reason}", markup=False)
     if task.state == "succeeded":
@@ -215,9 +217,8 @@ def get(
         _dump(task)
         return
     _show(task)
-    out.print(
-        f"  required: {task.required or '-'}  submitted {_age(task.created_at)}", markup=False
-    )
+    required = ", ".join(f"{name}={weight:g}" for name, weight in task.required.items())
+    out.print(f"  required: {required or '-'}  submitted {_age(task.created_at)}", markup=False)
     for n, a in enumerate(task.attempts, 1):
         ended = f" -> {a.outcome}" if a.outcome else ""
         why = f" ({a.reason})" if a.reason and a.reason != a.outcome else ""
