@@ -5,7 +5,7 @@
         done = await hub.tasks.wait(task.id, timeout=60)
         print(done.state, done.result)
 
-The agent-side reports (``accept`` ... ``bid``) are for agents that do not use the WebSocket;
+The agent-side reports (``accept`` ... ``bid``) are for agents that answer over HTTP;
 an SDK :class:`~fleetchat.client.Agent` with ``on_task`` sends them itself.
 """
 

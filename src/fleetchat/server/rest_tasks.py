@@ -1,5 +1,5 @@
-"""The REST routes of tasks: submit, list, get, cancel, and the reports of agents that do not
-use the WebSocket (accept, reject, start, progress, complete, fail, bid).
+"""The REST routes of tasks: submit, list, get, cancel, and the reports of agents that answer
+over HTTP instead of WebSocket frames (accept, reject, start, progress, complete, fail, bid).
 
 Every answer is the task as stored after the call. A report acts as the token's agent when
 auth is on (an admin token may name another in ``agent``), else as the body's ``agent``.
