@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fleetchat.errors import ConfigError
+from fleetchat.leases.settings import LeaseSettings
 from fleetchat.types import Priority
 
 __all__ = [
@@ -274,6 +275,7 @@ class HubSettings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     tasks: TaskSettings = field(default_factory=TaskSettings)
+    leases: LeaseSettings = field(default_factory=LeaseSettings)
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:

@@ -159,7 +159,9 @@ class Hub:
         self._publisher = Publisher(self.bus, self.channels, self.clock, chat)
         self.requests = RequestRouter(self.bus, self.channels, self.clock, chat, self.metrics)
         # -- leases: on the shared store; a lost holder (registry offline) loses its leases
-        self.leases = LeaseService(store, self.bus, self.clock, registry=self.registry)
+        self.leases = LeaseService(
+            store, self.bus, self.clock, self.settings.leases, registry=self.registry
+        )
         # -- tasks: any node takes submissions and reports; the leader schedules
         self._tasks = TaskRuntime(
             store, self.bus, self.registry, self.clock, self.settings, self.channels

@@ -70,7 +70,9 @@ class BidRecord(msgspec.Struct, kw_only=True):
     at: float
 
 
-class TaskRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+class TaskRecord(msgspec.Struct, kw_only=True):
+    """A task as stored and as the API shows it (every field present, ``state`` included)."""
+
     id: str
     required: dict[str, float]
     payload: Any = None

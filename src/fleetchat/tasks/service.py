@@ -29,7 +29,7 @@ from fleetchat.tasks import lifecycle
 from fleetchat.tasks.allocator import could_ever_match
 from fleetchat.tasks.policy import AllocationPolicy, TaskSpec, check_mode, unknown_capabilities
 from fleetchat.tasks.records import BidRecord, TaskEvent, TaskRecord, Timeouts
-from fleetchat.types import Priority, check_agent_id, new_id, parse_priority
+from fleetchat.types import Priority, check_agent_id, check_channel_name, new_id, parse_priority
 
 if TYPE_CHECKING:
     from fleetchat.backends.ports import Bus, Store
@@ -174,6 +174,8 @@ class TaskService:
     ) -> TaskRecord:
         if agent_id is not None:
             check_agent_id(agent_id, "agent_id")
+        if fields.get("channel") is not None:
+            check_channel_name(fields["channel"])
         needs = check_required(required) if required or agent_id is None else {}
         retries = self.settings.max_retries if max_retries is None else max_retries
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
