@@ -360,9 +360,21 @@ class AgentRegistry:
                 self._emit("offline", agent)
         return gone
 
+    def _next_check(self) -> float:
+        """Seconds until the oldest heartbeat of an online agent runs out (at most half an
+        interval): an agent is offline as soon as its last heartbeat is too old, not at the
+        next tick after that."""
+        s = self.settings
+        tick = s.heartbeat_interval / 2
+        beats = [a.last_heartbeat for a in self._agents.values() if a.online]
+        if not beats:
+            return tick
+        due = min(beats) + s.heartbeat_interval * s.missed_heartbeats - self._clock.time()
+        return min(max(due, 0.001), tick)
+
     async def _monitor(self) -> None:
         while True:
-            await self._clock.sleep(self.settings.heartbeat_interval / 2)
+            await self._clock.sleep(self._next_check())
             try:
                 self.check_liveness()
             except Exception:  # pragma: no cover - defensive: the loop must survive
