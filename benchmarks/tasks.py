@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""fleetchat task benchmarks: allocation decisions, batch assignment, assignment quality.
+"""fleetchat task benchmarks: allocation, batch assignment, quality, end to end, recovery.
 
     python benchmarks/tasks.py [--quick] [--json] [--runs 3] [--only NAME ...]
 
 Every figure is the median of ``--runs`` runs (default 3); run r draws its fleet and tasks
 from the seed ``--seed + r``, so the median is over different random instances. ``--json``
 prints exactly one JSON object on stdout (the table then goes to stderr). ``--only`` runs some
-sections: decide, batch, quality. Results: docs/performance.md, section "Task allocation".
+sections: decide, batch, quality, e2e, recovery. Results: docs/performance.md, section "Task
+allocation".
 
 Instances
 ---------
@@ -32,8 +33,11 @@ factory capacities (about 1,000 x 2,500 slots).
 quality: the total match score of ``best`` (greedy in queue order) over ``optimal_total`` for
 the same tasks and fleet, with as many tasks as half the free slots and as all of them.
 
-The task scheduler's end-to-end figures (tasks/s through WebSocket agents, time to reassign a
-dead agent's task) belong here too: add a section function to SECTIONS, rows to ``render``.
+e2e: tasks/s through SDK agents over WebSocket (an embedded hub with its server here, 20 agents
+in a load process), submit->succeeded p50/p99, CPU of both processes, exactly-once checked.
+recovery: time from an agent process's death (SIGKILL) or hang (SIGSTOP) to its task running on
+another agent, with 250 ms and the default 1 s heartbeats. Both are in benchmarks/tasks_e2e.py
+(method in its docstring; the agent processes are benchmarks/task_agents.py).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from fleetchat.tasks.batch import free_slots, optimal_total
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import tasks_e2e
 from core import _git, _loadavg, fmt, log, machine
 
 POLICY = AllocationPolicy()
@@ -86,6 +91,7 @@ TARGETS: list[tuple[str, str, float, str]] = [
     ("quality.factory.full.ratio", ">=", 0.99, "best vs optimal, factory, 100 % of slots"),
     ("quality.uniform.half.ratio", ">=", 0.99, "best vs optimal, uniform, 50 % of slots"),
     ("quality.uniform.full.ratio", ">=", 0.99, "best vs optimal, uniform, 100 % of slots"),
+    *tasks_e2e.TARGETS,
 ]
 
 # -- instances ---------------------------------------------------------------------------------
@@ -230,6 +236,8 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], None]] = {
     "decide": run_decide,
     "batch": run_batch,
     "quality": run_quality,
+    "e2e": tasks_e2e.run_e2e,
+    "recovery": tasks_e2e.run_recovery,
 }
 
 # -- report ------------------------------------------------------------------------------------
@@ -280,6 +288,7 @@ def rows(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
                         f"{f['greedy_assigned']:,.0f} assigned by best",
                     )
                 )
+    out.extend(tasks_e2e.rows(figures))
     return out
 
 
