@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fleetchat.cli.demo import demo
 from fleetchat.cli.leases import register as register_leases
 from fleetchat.cli.migrate import register as register_migrate
 from fleetchat.cli.remote import register as register_remote
@@ -60,21 +61,7 @@ def _run(coro: object) -> None:
         asyncio.run(coro)  # type: ignore[arg-type]
 
 
-@app.command()
-def demo(
-    seconds: Annotated[float, typer.Option(help="How long the fleet talks.")] = 12.0,
-    agents: Annotated[int, typer.Option(help="Agents in the simulated fleet (20 or more).")] = 24,
-    db: Annotated[str, typer.Option(help="Backend URL.")] = "sqlite:///fleetchat-demo.db",
-    log_level: Annotated[str, typer.Option(help="Log level: warning, info, debug.")] = "warning",
-) -> None:
-    """Run the embedded demo: a fleet talking in channels with mixed priorities."""
-    from fleetchat.cli.demo import fresh_database, run_demo
-
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    fresh_database(db)
-    _run(run_demo(seconds=seconds, n_agents=agents, url=db))
+app.command()(demo)
 
 
 def _settings(
