@@ -24,7 +24,8 @@ hub, its server and the submitters) and of the load process, over the same windo
 of one core and as CPU ms per task. Checked: every task ``succeeded`` with exactly one
 succeeding attempt, no dropped result, and the handlers ran exactly ``TASKS`` (+ warm-up) times
 (the load process counts its calls and prints the count on SIGTERM); ``retried`` counts tasks
-that needed more than one attempt (a rejected offer included).
+that needed more than one attempt (a rejected offer included); ``passes``, the scheduler's
+allocation passes over its queue in the window (``hub.scheduler.passes``).
 
 recovery
 --------
@@ -212,12 +213,14 @@ async def e2e_run(tasks_n: int, work_ms: float, window: int | None) -> dict[str,
                 await drained(hub, 30)
                 me = os.getpid()
                 cpu_hub, cpu_load, wall = cpu_seconds(me), cpu_seconds(fleet.pid), time.time()
+                passes = hub.scheduler.passes
                 if window is None:
                     ids = await submit_all(hub, tasks_n)
                 else:
                     ids = await submit_windowed(hub, tasks_n, window)
                 await drained(hub, 120)
                 wall = time.time() - wall
+                passes = hub.scheduler.passes - passes
                 cpu_hub = cpu_seconds(me) - cpu_hub
                 cpu_load = cpu_seconds(fleet.pid) - cpu_load
                 fleet.signal(signal.SIGTERM)
@@ -225,7 +228,7 @@ async def e2e_run(tasks_n: int, work_ms: float, window: int | None) -> dict[str,
             finally:
                 await fleet.kill()
             records = [await hub.tasks.get(i) for i in ids]
-    return e2e_figures(records, ran, wall, cpu_hub, cpu_load)
+    return e2e_figures(records, ran, wall, cpu_hub, cpu_load) | {"passes": passes}
 
 
 def e2e_figures(
@@ -373,8 +376,8 @@ def rows(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"{fmt(f['tasks_per_s'])} tasks/s",
                     f"submit->succeeded p50 {fmt(f['p50_ms'])} ms, p99 {fmt(f['p99_ms'])} ms; "
                     f"CPU hub {f['hub_cpu']:.0%} ({fmt(f['hub_cpu_ms_per_task'])} ms/task), "
-                    f"agents {f['load_cpu']:.0%}; {f['once']:.0%} once, "
-                    f"{f['retried']:.0f} retried",
+                    f"agents {f['load_cpu']:.0%}; {f['passes']:,.0f} scheduler passes; "
+                    f"{f['once']:.0%} once, {f['retried']:.0f} retried",
                 )
             )
     for label, heartbeat in HEARTBEATS:
