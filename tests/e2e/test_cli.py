@@ -21,13 +21,33 @@ def test_version_prints_the_version() -> None:
     assert result.stdout.strip() == __version__
 
 
-def test_demo_runs_a_fleet_and_prints_the_delivery_metrics(tmp_path: Path) -> None:
+def test_demo_runs_a_small_cell_in_the_live_view_and_prints_the_report(tmp_path: Path) -> None:
     db = tmp_path / "demo.db"
-    result = runner.invoke(app, ["demo", "--seconds", "4.5", "--db", f"sqlite:///{db}"])
+    args = ["demo", "--orders", "3", "--agents", "10", "--speed", "30", "--url", f"sqlite:///{db}"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "delivery metrics" in result.stdout
-    assert "dead letters: {'legacy-plc'" in result.stdout.replace("\n", " ")
+    assert "factory cell: final report" in result.stdout
+    assert "orders done" in result.stdout
     assert db.exists()
+
+
+def test_demo_exits_non_zero_when_an_invariant_broke(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fleetchat.demo
+
+    class Broken:
+        ok = False
+
+    async def broken_run(options: object) -> Broken:
+        return Broken()
+
+    monkeypatch.setattr(fleetchat.demo, "run_demo", broken_run)
+    assert runner.invoke(app, ["demo", "--headless"]).exit_code == 1
+
+
+def test_demo_refuses_a_cell_too_small_to_run() -> None:
+    result = runner.invoke(app, ["demo", "--agents", "3"])
+    assert result.exit_code == 2
+    assert "--agents >= 8" in result.output
 
 
 def test_errors_print_one_line_with_their_code_and_exit_non_zero(
