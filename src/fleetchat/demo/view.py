@@ -143,11 +143,12 @@ class LiveView(_View):
             Text(f"{j.elapsed():6.1f} s", style="bold"),
             Text(f"orders {done}/{total}"),
             ProgressBar(total=max(total, 1), completed=done, width=40),
-            Text("  ".join(f"{k} {v}" for k, v in _task_counts(self.hub, j).items()), style="dim"),
         )
+        counts = _task_counts(self.hub, j)
+        tasks = Text("tasks  " + "  ".join(f"{k} {v}" for k, v in counts.items()), style="dim")
         body = Table.grid(padding=(0, 2))
         body.add_row(self._agents(), Group(self._dock(), self._events()))
-        return Group(Panel(head, title=self.title, title_align="left"), body)
+        return Group(Panel(Group(head, tasks), title=self.title, title_align="left"), body)
 
     def _agents(self) -> Table:
         table = Table(title="agents", title_justify="left", show_edge=False, pad_edge=False)
@@ -228,6 +229,7 @@ def print_report(report: Report, console: Console, *, headless: bool) -> None:
         result: dict[str, Any] = report.to_json()
         print("RESULT " + json.dumps(result, sort_keys=True), flush=True)
         return
+    console.print()
     table = Table(title="factory cell: final report", title_justify="left")
     table.add_column("measure")
     table.add_column("value")
