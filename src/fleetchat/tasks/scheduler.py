@@ -28,7 +28,7 @@ import msgspec
 from fleetchat.errors import FleetchatError
 from fleetchat.models import AgentInfo
 from fleetchat.tasks import lifecycle
-from fleetchat.tasks.allocator import decide
+from fleetchat.tasks.allocator import decide, pick_best
 from fleetchat.tasks.auction import Bid, rank_bids
 from fleetchat.tasks.performance import Outcome, update_performance
 from fleetchat.tasks.policy import AllocationPolicy, TaskSpec, Verdict
@@ -313,42 +313,49 @@ class Scheduler:
         if len(batch) > 1:
             await self._batch(batch, agents, load)
             queued = [t for t in queued if t not in batch]
+        # Only agents with room can take anything: the pass ends when none is left (a long
+        # queue then costs nothing per pass), and each decision looks at those only.
+        free = [a for a in agents if self._has_room(a, load)]
         for task in queued:
+            if not free and not (self.settings.preemption and task.priority == Priority.CRITICAL):
+                break
             if task.mode == "auction" and task.agent_id is None and not task.bids:
                 await self._open_auction(task, agents, load)
                 continue
-            agent = self._next_bid(task, agents, load) if task.bids else None
-            agent = agent or self._choose(task, agents, load)
+            agent = self._next_bid(task, free, load) if task.bids else None
+            agent = agent or self._choose(task, free, load)
             if agent is not None:
                 load[agent] = load.get(agent, 0) + 1
+                free = [a for a in free if a.id != agent or self._has_room(a, load)]
                 await self._offer(task, agent)
             elif self.settings.preemption and task.priority == Priority.CRITICAL:
                 await self._preempt(task, agents)
 
-    def _choose(
-        self, task: TaskRecord, agents: list[AgentInfo], load: dict[str, int]
-    ) -> str | None:
-        """The agent to offer ``task`` to now: preferably one that has not tried it yet."""
-        pool = agents if task.agent_id is None else [a for a in agents if a.id == task.agent_id]
+    def _has_room(self, agent: AgentInfo, load: dict[str, int]) -> bool:
+        return (
+            agent.online and not agent.draining and _load(agent, load) < self.policy.load_threshold
+        )
+
+    def _choose(self, task: TaskRecord, free: list[AgentInfo], load: dict[str, int]) -> str | None:
+        """The agent (among ``free``, those with room) to offer ``task`` to now: preferably one
+        that has not tried it yet."""
+        pool = free if task.agent_id is None else [a for a in free if a.id == task.agent_id]
+        if not pool:
+            return None
         if not task.required:  # for a named agent only
-            ok = [
-                a
-                for a in pool
-                if a.online and not a.draining and _load(a, load) < self.policy.load_threshold
-            ]
-            return ok[0].id if ok else None
+            return pool[0].id
         spec = TaskSpec(task.id, task.required, task.priority)
         tried = {a.agent for a in task.attempts if a.outcome not in _NOT_COUNTED}
         fresh = [a for a in pool if a.id not in tried]
-        decision = decide(spec, fresh, self.policy, load) if fresh else None
-        if decision is not None and decision.verdict is Verdict.ASSIGNED:
-            return decision.agent_id
+        found = pick_best(spec, fresh, self.policy, load) if fresh else None
+        if found is not None:
+            return found[0].id
         last = task.attempts[-1].ended_at if task.attempts else None
         if last is not None and self._clock.time() - last < self.settings.retry_backoff:
             self._arm_later(task, last + self.settings.retry_backoff)
             return None
-        again = decide(spec, pool, self.policy, load)
-        return again.agent_id if again.verdict is Verdict.ASSIGNED else None
+        again = pick_best(spec, pool, self.policy, load) if len(fresh) < len(pool) else None
+        return None if again is None else again[0].id
 
     def _arm_later(self, task: TaskRecord, at: float) -> None:
         if task.id not in self._timers:
@@ -364,7 +371,7 @@ class Scheduler:
             return lifecycle.offer(t, agent, now)
 
         try:
-            offered = await self._service.change(task.id, fn)
+            offered = await self._service.change(task.id, fn, current=task)
         except FleetchatError as exc:
             log.warning("offer not saved", extra={"task": task.id, "error": exc.code})
             return

@@ -245,12 +245,16 @@ class TaskService:
         now = self._clock.time()
         return await self.change(task_id, lambda t: lifecycle.cancel(t, reason, now))
 
-    async def change(self, task_id: str, fn: Change) -> TaskRecord:
+    async def change(
+        self, task_id: str, fn: Change, current: TaskRecord | None = None
+    ) -> TaskRecord:
         """Apply ``fn`` to the stored task by compare-and-set, from a fresh read each time
-        another writer came first. ``fn`` returns the task unchanged (and no event) to leave it
-        as it is; its errors propagate, and nothing is saved."""
+        another writer came first (the first try starts from ``current`` when the caller holds
+        a recent copy, saving a read). ``fn`` returns the task unchanged (and no event) to
+        leave it as it is; its errors propagate, and nothing is saved."""
         for _ in range(_CAS_TRIES):
-            task = await self.get(task_id)
+            task = current if current is not None else await self.get(task_id)
+            current = None
             new, event = fn(task)
             if new is task:
                 return task
