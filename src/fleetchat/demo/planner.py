@@ -176,7 +176,8 @@ class Planner:
                     async with asyncio.timeout(5.0):
                         return await asyncio.shield(future)
                 task = await self.rest.tasks.get(task_id)
-                if task.terminal:
+                if task.terminal:  # its event is late or lost: worth knowing
+                    self.journal.log("info", f"planner: {task_id} {task.state}, no event yet")
                     return task.state
         finally:
             self._waiting.pop(task_id, None)
