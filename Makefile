@@ -11,7 +11,7 @@ export UV_PYTHON_DOWNLOADS := never
 .PHONY: help install services test check format bench bench-quick demo clean
 
 help:
-	@echo "make demo    run the embedded demo (20+ agents, priorities, a dead letter, metrics)"
+	@echo "make demo    run the factory-cell demo (20 SDK agents, orders as tasks, faults, a report)"
 	@echo "make test    run the test suite with branch coverage (fails under 95 %)"
 	@echo "make check   ruff (lint + format check) and mypy --strict on src/"
 	@echo "make bench   run benchmarks/core.py (add ARGS=--quick for a short run)"

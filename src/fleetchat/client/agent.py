@@ -93,7 +93,9 @@ class Agent(AgentCore):
         self._leases: LeaseClient | None = None
         self._lease_rest: HubClient | None = None
         self._tasks = TaskRunner(self._task_call, capacity)
-        self._dispatcher.add_handler(self._tasks.on_notice, None, "task")
+        # The hub's task notices (offers, cancels, calls for proposals) only: other "task"
+        # messages go to the agent's own handlers and streams.
+        self._dispatcher.add_handler(self._tasks.on_notice, None, "task", sender="$hub")
 
     # -- handlers -------------------------------------------------------------------------
 

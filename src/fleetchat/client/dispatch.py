@@ -53,10 +53,13 @@ class _Route:
     fn: Callable[[Message], Awaitable[Any]]
     channel: str | None
     kind: str | None
+    sender: str | None = None
 
     def matches(self, m: Message) -> bool:
-        return (self.kind is None or m.kind == self.kind) and (
-            self.channel is None or fnmatch.fnmatchcase(m.channel, self.channel)
+        return (
+            (self.kind is None or m.kind == self.kind)
+            and (self.sender is None or m.sender == self.sender)
+            and (self.channel is None or fnmatch.fnmatchcase(m.channel, self.channel))
         )
 
 
@@ -81,8 +84,10 @@ class Dispatcher:
 
     # -- registration ---------------------------------------------------------------------
 
-    def add_handler(self, fn: MessageHandler, channel: str | None, kind: str | None) -> None:
-        self.handlers.append(_Route(fn, channel, kind))
+    def add_handler(
+        self, fn: MessageHandler, channel: str | None, kind: str | None, sender: str | None = None
+    ) -> None:
+        self.handlers.append(_Route(fn, channel, kind, sender))
 
     def add_request_handler(self, fn: RequestHandler, channel: str | None) -> None:
         self.request_handlers.append(_Route(fn, channel, "request"))
