@@ -15,8 +15,10 @@ What is copied, in this order:
    correlation_id and headers (seqs are the target's); a message whose id the target already
    holds is skipped, never stored twice;
 3. memberships, after the history, so members do not receive the copied history as new
-   deliveries (on NATS, after the target's fan-out has gone past the copied messages);
-4. agent records and token records (tokens are stored hashed and copied as such).
+   deliveries;
+4. agent records and token records (tokens are stored hashed and copied as such);
+5. task records (every state, with their attempts and results) and lease resources (holder,
+   fencing token, waiters), each at version 1 on the target.
 
 Not copied: deliveries in flight and unacknowledged state (member cursors, retry counts,
 per-member queues). Drain the source first. See docs/migrate.md.
@@ -89,6 +91,12 @@ class MigrationReport(msgspec.Struct, kw_only=True):
     tokens: int = 0
     tokens_skipped: int = 0
     """Tokens the target had already."""
+    tasks: int = 0
+    tasks_skipped: int = 0
+    """Tasks the target had already (same id or idempotency key)."""
+    leases: int = 0
+    leases_skipped: int = 0
+    """Lease resources the target had already."""
     seconds: float = 0.0
 
     @property
@@ -116,6 +124,10 @@ class MigrationReport(msgspec.Struct, kw_only=True):
             "agents_skipped": self.agents_skipped,
             "tokens": self.tokens,
             "tokens_skipped": self.tokens_skipped,
+            "tasks": self.tasks,
+            "tasks_skipped": self.tasks_skipped,
+            "leases": self.leases,
+            "leases_skipped": self.leases_skipped,
             "seconds": round(self.seconds, 3),
             "per_channel": msgspec.to_builtins(self.channels),
         }
@@ -283,3 +295,13 @@ async def _copy_records(source: Store, target: Store, report: MigrationReport) -
         else:
             await target.save_token(token)
             report.tokens += 1
+    for task in await source.load_tasks():
+        if await target.save_task(msgspec.structs.replace(task, version=0), 0):
+            report.tasks += 1
+        else:
+            report.tasks_skipped += 1
+    for resource in await source.load_resources():
+        if await target.save_resource(msgspec.structs.replace(resource, version=0), 0):
+            report.leases += 1
+        else:
+            report.leases_skipped += 1

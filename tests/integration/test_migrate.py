@@ -97,14 +97,28 @@ async def fill(hub: Hub, *, bulk: int = 40) -> None:
     auth = Authenticator(hub.store, hub.clock, enabled=True)
     await auth.create("arm-1")
     await auth.create("ops", admin=True)
+    # a task with its whole story, one waiting, and a lease held by arm-1
+    done = await hub.tasks.submit({"pick": 1.0}, payload={"bin": 7}, idempotency_key="o-1")
+    await assert_eventually(lambda: hub.scheduler.load("arm-1") == 1)
+    await hub.tasks.start(done.id, "arm-1")
+    await hub.tasks.complete(done.id, "arm-1", result={"picked": True})
+    await hub.tasks.submit({"see": 1.0}, priority="high")  # cam-1 drains: it waits
+    await hub.leases.acquire("dock-1", "arm-1", ttl=600)
     await assert_eventually(hub.dead_letters)
     await arm.close()
 
 
+def _versionless(data: bytes) -> Any:
+    record = msgspec.json.decode(data)
+    record.pop("version", None)
+    return record
+
+
 def tables(db: Path) -> dict[str, Any]:
     """The hub's SQLite tables, without what a migration may change: seqs, and counters of
-    the channels (last_seq, last_activity_at). ``$dlq`` is made by each hub: its definition's
-    times differ; its messages are compared like the others."""
+    the channels (last_seq, last_activity_at). ``$dlq`` and ``$tasks`` are made by each hub:
+    their definitions' times differ; their messages are compared like the others. Tasks and
+    lease resources are compared whole (the version is the target's)."""
     con = sqlite3.connect(db)
     try:
         channels = {}
@@ -112,7 +126,7 @@ def tables(db: Path) -> dict[str, Any]:
             spec = msgspec.json.decode(data)
             spec.pop("last_seq", None)
             spec.pop("last_activity_at", None)
-            if name == "$dlq":
+            if name in ("$dlq", "$tasks"):
                 spec.pop("created_at", None)
             channels[name] = spec
         messages: dict[str, list[dict[str, Any]]] = {}
@@ -127,6 +141,10 @@ def tables(db: Path) -> dict[str, Any]:
             "agents": {i: msgspec.json.decode(d) for i, d in con.execute("SELECT * FROM agents")},
             "tokens": {
                 h: (a, msgspec.json.decode(d)) for h, a, d in con.execute("SELECT * FROM tokens")
+            },
+            "tasks": {i: _versionless(d) for i, d in con.execute("SELECT id, data FROM tasks")},
+            "leases": {
+                n: _versionless(d) for n, d in con.execute("SELECT name, data FROM lease_resources")
             },
         }
     finally:
@@ -220,7 +238,8 @@ async def test_a_non_empty_target_is_refused_and_left_unchanged(
         async with Hub.open(_url(tmp_path / "a.db")) as source:
             with pytest.raises(ConflictError, match=r"already has 1 channel\(s\) \(mine\)"):
                 await migrate(source, target)
-        assert [c.name for c in target.channels.list(include_system=True)] == ["$dlq", "mine"]
+        names = [c.name for c in target.channels.list(include_system=True)]
+        assert names == ["$dlq", "$tasks", "mine"]
         assert target.store.load_agents() == []
 
 
@@ -286,7 +305,8 @@ def test_the_command_prints_a_summary_and_refuses_a_non_empty_target(tmp_path: P
     result = runner.invoke(app, ["migrate", "--from", _url(a), "--to", _url(b)])
     assert result.exit_code == 0, result.output
     assert "cell-1" in result.stdout
-    assert "migrated 8 channel(s)" in result.stdout
+    assert "migrated 9 channel(s)" in result.stdout
+    assert "2 task(s), 1 lease(s)" in result.stdout
 
     again = runner.invoke(app, ["migrate", "--from", _url(a), "--to", _url(b)])
     assert again.exit_code == 2
@@ -343,7 +363,7 @@ def test_a_nats_source_without_a_store_says_its_agents_are_not_copied(
     assert result.exit_code == 0, result.output
     assert "note: no --from-store: the source's agents and tokens are not copied" in result.stderr
     summary = json.loads(result.stdout)
-    assert (summary["channels"], summary["agents"], summary["tokens"]) == (1, 0, 0)  # $dlq
+    assert (summary["channels"], summary["agents"], summary["tokens"]) == (2, 0, 0)  # $ channels
 
 
 def test_an_unexpected_failure_is_one_line_too(

@@ -123,16 +123,19 @@ def _print_report(report: MigrationReport) -> None:
             c.name, c.type, str(c.messages), str(c.skipped), str(c.members), ", ".join(notes)
         )
     out.print(table)
+    r = report
+    skips = (r.messages_skipped, r.agents_skipped, r.tokens_skipped, r.tasks_skipped)
     skipped = (
-        f" (skipped as already there: {report.messages_skipped} message(s), "
-        f"{report.agents_skipped} agent(s), {report.tokens_skipped} token(s))"
-        if report.messages_skipped or report.agents_skipped or report.tokens_skipped
+        f" (skipped as already there: {r.messages_skipped} message(s), "
+        f"{r.agents_skipped} agent(s), {r.tokens_skipped} token(s), {r.tasks_skipped} task(s), "
+        f"{r.leases_skipped} lease(s))"
+        if any(skips) or r.leases_skipped
         else ""
     )
     out.print(
-        f"migrated {len(report.channels)} channel(s), {report.messages} message(s), "
-        f"{report.memberships} membership(s), {report.agents} agent(s), {report.tokens} "
-        f"token(s) in {report.seconds:.1f} s{skipped}"
+        f"migrated {len(r.channels)} channel(s), {r.messages} message(s), "
+        f"{r.memberships} membership(s), {r.agents} agent(s), {r.tokens} token(s), "
+        f"{r.tasks} task(s), {r.leases} lease(s) in {r.seconds:.1f} s{skipped}"
     )
 
 
