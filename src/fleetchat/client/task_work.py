@@ -72,6 +72,7 @@ class TaskRunner:
             None
         )
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.works: dict[str, TaskWork] = {}
         self.done = 0
         self.failed = 0
 
@@ -93,13 +94,21 @@ class TaskRunner:
 
     async def _offer(self, body: dict[str, Any]) -> None:
         work = TaskWork(body, self._report)
-        if work.id in self.running:
-            return  # the same offer delivered again while it runs
+        held = self.works.get(work.id)
+        if held is not None:
+            # Offered again while the handler still runs (the connection dropped and the hub
+            # re-offered it here): carry on under the new attempt instead of starting over.
+            if work.attempt != held.attempt:
+                with contextlib.suppress(FleetchatError):
+                    await self._send(work.id, "start", work.attempt)
+                    held.attempt = work.attempt
+            return
         busy = len(self.running) >= self.capacity
         if self.handler is None or busy or (self.accept is not None and not self.accept(work)):
             why = "busy" if busy else "declined"
             await self._send(work.id, "reject", work.attempt, error=why)
             return
+        self.works[work.id] = work
         self.running[work.id] = asyncio.get_running_loop().create_task(self._run(work))
 
     async def _run(self, work: TaskWork) -> None:
@@ -135,6 +144,7 @@ class TaskRunner:
             if beat is not None:
                 beat.cancel()
             self.running.pop(work.id, None)
+            self.works.pop(work.id, None)
 
     async def _beat(self, work: TaskWork) -> None:
         interval = max((work.heartbeat or 1.0) / 3, 0.05)

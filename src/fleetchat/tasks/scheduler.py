@@ -49,6 +49,7 @@ Send = Callable[[str, dict[str, Any], Priority], Awaitable[None]]
 channel when the name has no ``@``."""
 _RETRYABLE_FAILURES = ("failed", "start_to_close", "heartbeat")
 _NOT_COUNTED = ("preempted", "cancelled")
+_RESYNC_INTERVAL = 5.0  # seconds between full reads of the unfinished tasks (a backstop)
 
 
 class Scheduler:
@@ -87,9 +88,26 @@ class Scheduler:
         self._service.on_remote_change = self._changed_elsewhere
         self._events = self._registry.events()
         self._spawn(self._watch_agents(self._events))
-        for task in await self._service.load_active():
-            self.observe(task)
+        await self._resync()
+        self._spawn(self._resync_loop())
         self.kick()
+
+    async def _resync(self) -> None:
+        """Bring the view in line with the store: a change made on another node reaches the
+        leader by a broadcast, which may be lost; this catches it up."""
+        active = {t.id: t for t in await self._service.load_active()}
+        for task in active.values():
+            self.observe(task)
+        for task_id in [i for i in self._view if i not in active]:
+            await self._reload(task_id)  # finished meanwhile: drops out of the view
+
+    async def _resync_loop(self) -> None:
+        while self._running:
+            await self._clock.sleep(_RESYNC_INTERVAL)
+            try:
+                await self._resync()
+            except FleetchatError as exc:
+                log.warning("scheduler resync failed", extra={"error": exc.code})
 
     async def stop(self) -> None:
         if not self._running:
@@ -256,6 +274,7 @@ class Scheduler:
         except FleetchatError as exc:
             log.warning("task timeout not applied", extra={"task": task_id, "error": exc.code})
             return
+        self.observe(task)  # unchanged here, maybe changed elsewhere: the view catches up
         if task.state == "queued" and task.auction_until is not None and now >= task.auction_until:
             await self._close_auction(task)
         elif task.state == "queued":
