@@ -356,3 +356,72 @@ async def test_unfinished_tasks_are_picked_up_by_a_restarted_hub(tmp_path: Any) 
         await advance(hub, clock, 5.5, alive=["arm-1", "arm-2"])  # the offer ran out meanwhile
         now = await hub.tasks.get(task.id)
         assert (now.state, now.holder) == ("offered", "arm-2")
+
+
+async def test_a_task_for_a_named_agent_goes_to_it_only(
+    hub: Hub, clock: FakeClock, agents: dict[str, Subscription]
+) -> None:
+    task = await hub.tasks.submit(agent_id="arm-2", payload="calibrate")
+    assert [n["task"] for n in await notices(agents["arm-2"], clock)] == [task.id]
+    assert await notices(agents["arm-1"], clock) == []
+    with pytest.raises(UnsatisfiableError):
+        await hub.tasks.submit(agent_id="arm-9")
+
+
+async def test_a_draining_agent_gets_nothing_new(
+    hub: Hub, clock: FakeClock, agents: dict[str, Subscription]
+) -> None:
+    await hub.registry.set_draining("arm-1")
+    task = await hub.tasks.submit({"weld": 1.0})
+    assert [n["task"] for n in await notices(agents["arm-2"], clock)] == [task.id]
+    assert await notices(agents["arm-1"], clock) == []
+
+
+async def test_an_auction_on_a_channel_without_bids_falls_back_to_the_best_agent(
+    hub: Hub, clock: FakeClock, agents: dict[str, Subscription]
+) -> None:
+    await hub.channels.create("bids", announce=False)
+    listener = await hub.subscribe("listener", "bids")
+    task = await hub.tasks.submit({"weld": 1.0}, mode="auction", channel="bids")
+    (call,) = await notices(listener, clock)
+    assert (call["action"], call["task"]) == ("cfp", task.id)
+    assert await notices(agents["arm-1"], clock) == []  # the call went to the channel only
+    await advance(hub, clock, hub.settings.tasks.auction_window + 0.1, alive=agents)
+    assert [n["action"] for n in await notices(agents["arm-1"], clock)] == ["offer"]
+
+
+async def test_the_scheduler_catches_up_with_a_change_it_was_not_told_of(
+    hub: Hub, clock: FakeClock, agents: dict[str, Subscription]
+) -> None:
+    import msgspec
+
+    task = await hub.tasks.submit({"inspect": 1.0})
+    await settle(clock)
+    assert hub.scheduler.load("cam-1") == 1
+    held = await hub.store.load_task(task.id)
+    assert held is not None
+    finished = msgspec.structs.replace(held, state="succeeded", holder=None, deadline=None)
+    assert await hub.store.save_task(finished, held.version)  # as another node would, unheard
+    await advance(hub, clock, 5.5, alive=agents)
+    assert hub.scheduler.load("cam-1") == 0
+    assert task.id not in {t.id for t in hub.scheduler.view()}
+
+
+async def test_transitions_from_the_wrong_state_are_refused() -> None:
+    from fleetchat.tasks import lifecycle
+    from fleetchat.tasks.records import TaskRecord
+
+    queued = TaskRecord(id="t", required={"weld": 1.0})
+    offered, _ = lifecycle.offer(queued, "arm-1", 1.0)
+    with pytest.raises(ConflictError):
+        lifecycle.offer(offered, "arm-2", 2.0)
+    with pytest.raises(ConflictError):
+        lifecycle.reject(queued, None, "offer_timeout", None, 2.0)
+    with pytest.raises(ConflictError):
+        lifecycle.fail_attempt(queued, "failed", None, 2.0, 0.0)
+    with pytest.raises(TaskNotHeldError, match="attempt 2"):
+        lifecycle.accept(offered, "arm-1", 2, 2.0)
+    cancelled, event = lifecycle.cancel(offered, None, 3.0)
+    assert (event.state, event.previous, cancelled.reason) == ("cancelled", "offered", "cancelled")
+    with pytest.raises(ConflictError):
+        lifecycle.time_out(cancelled, "schedule_to_start", 4.0)

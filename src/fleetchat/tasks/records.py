@@ -107,6 +107,9 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     auction_until: float | None = None
     """While a call for proposals is open: when it closes."""
     bids: list[BidRecord] = []
+    auctions: int = 0
+    """Calls for proposals held (one per task: a task nobody bid on is then allocated like
+    ``best``)."""
     dropped_results: int = 0
     """Late or duplicate results, dropped."""
     version: int = 0

@@ -338,7 +338,7 @@ class Scheduler:
         for task in queued:
             if not free and not (self.settings.preemption and task.priority == Priority.CRITICAL):
                 break
-            if task.mode == "auction" and task.agent_id is None and not task.bids:
+            if task.mode == "auction" and task.agent_id is None and not task.auctions:
                 await self._open_auction(task, agents, load)
                 continue
             agent = self._next_bid(task, free, load) if task.bids else None
@@ -424,9 +424,9 @@ class Scheduler:
         closes = now + self.settings.auction_window
 
         def fn(t: TaskRecord) -> tuple[TaskRecord, TaskEvent | None]:
-            if t.state != "queued" or t.auction_until is not None:
+            if t.state != "queued" or t.auctions:
                 return t, None
-            return msgspec.structs.replace(t, auction_until=closes, bids=[]), None
+            return msgspec.structs.replace(t, auction_until=closes, bids=[], auctions=1), None
 
         opened = await self._service.change(task.id, fn)
         if opened.auction_until != closes:
