@@ -321,7 +321,7 @@ def render(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller runs; under 30 s in all")
+    parser.add_argument("--quick", action="store_true", help="smaller runs; about 45 s in all")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--runs", type=int, default=3, help="runs per figure; the median is kept")
     parser.add_argument("--seed", type=int, default=1, help="seed of the first run's instance")
