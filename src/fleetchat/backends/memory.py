@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -11,6 +11,7 @@ import msgspec
 from fleetchat.backends.ports import CursorRecord
 from fleetchat.models import AgentInfo, Channel, Message, TokenRecord
 from fleetchat.tasks.records import ACTIVE_STATES, TaskRecord
+from fleetchat.workflows.records import DefinitionRecord, ExecutionEvent, ExecutionRecord
 
 if TYPE_CHECKING:
     from fleetchat.leases.state import Resource
@@ -192,6 +193,12 @@ class MemoryLog:
         return dropped
 
 
+def _copy_execution(record: ExecutionRecord) -> ExecutionRecord:
+    version = record.version
+    copy = msgspec.json.decode(msgspec.json.encode(record), type=ExecutionRecord)
+    return msgspec.structs.replace(copy, version=version)
+
+
 class MemoryStore:
     """A Store held in memory."""
 
@@ -201,9 +208,60 @@ class MemoryStore:
         self._resources: dict[str, Resource] = {}
         self._tasks: dict[str, TaskRecord] = {}
         self._task_keys: dict[str, str] = {}
+        self._definitions: dict[tuple[str, str], DefinitionRecord] = {}
+        self._executions: dict[str, ExecutionRecord] = {}
+        self._events: dict[str, list[ExecutionEvent]] = {}
 
     async def start(self) -> None:
         return None
+
+    async def save_definition(self, record: DefinitionRecord) -> bool:
+        key = (record.name, record.version)
+        if key in self._definitions:
+            return False
+        self._definitions[key] = record
+        return True
+
+    async def update_definition(self, record: DefinitionRecord) -> None:
+        if (record.name, record.version) in self._definitions:
+            self._definitions[(record.name, record.version)] = record
+
+    async def load_definitions(self) -> list[DefinitionRecord]:
+        return [self._definitions[k] for k in sorted(self._definitions)]
+
+    async def save_execution(
+        self, record: ExecutionRecord, expected_version: int, events: Sequence[ExecutionEvent]
+    ) -> bool:
+        held = self._executions.get(record.id)
+        if (held.version if held is not None else 0) != expected_version:
+            return False
+        # A copy: the engine keeps changing its own record objects.
+        stored = msgspec.json.decode(msgspec.json.encode(record), type=ExecutionRecord)
+        self._executions[record.id] = msgspec.structs.replace(stored, version=expected_version + 1)
+        self._events.setdefault(record.id, []).extend(events)
+        return True
+
+    async def load_execution(self, execution_id: str) -> ExecutionRecord | None:
+        held = self._executions.get(execution_id)
+        return None if held is None else _copy_execution(held)
+
+    async def load_executions(
+        self, *, status: str | None = None, name: str | None = None, limit: int | None = None
+    ) -> list[ExecutionRecord]:
+        out = [
+            _copy_execution(e)
+            for e in self._executions.values()
+            if (status is None or e.status == status) and (name is None or e.workflow == name)
+        ]
+        out.sort(key=lambda e: (e.created_at, e.id))
+        return out if limit is None else out[:limit]
+
+    async def load_execution_events(self, execution_id: str) -> list[ExecutionEvent]:
+        return list(self._events.get(execution_id, ()))
+
+    async def delete_execution(self, execution_id: str) -> None:
+        self._executions.pop(execution_id, None)
+        self._events.pop(execution_id, None)
 
     async def load_task(self, task_id: str) -> TaskRecord | None:
         return self._tasks.get(task_id)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from fleetchat.backends.local_member import Batch
     from fleetchat.leases.state import Resource
     from fleetchat.tasks.records import TaskRecord
+    from fleetchat.workflows.records import DefinitionRecord, ExecutionEvent, ExecutionRecord
 
 __all__ = ["Bus", "ChannelLog", "Coordinator", "CursorRecord", "DeliveryObserver", "Store"]
 
@@ -165,6 +166,42 @@ class Store(Protocol):
         """Store ``task`` as version ``expected_version + 1`` if the stored version is
         ``expected_version`` (0: a new task, whose id and idempotency key are not taken); False,
         and nothing written, otherwise."""
+        ...
+
+    # Workflows: definitions (immutable per name and version) and executions, each saved by
+    # compare-and-set together with the events that changed it (fleetchat.workflows).
+
+    async def save_definition(self, record: DefinitionRecord) -> bool:
+        """Store a new (name, version); False, and nothing written, if it exists."""
+        ...
+
+    async def update_definition(self, record: DefinitionRecord) -> None:
+        """Replace an existing definition record (its ``deprecated`` flag)."""
+        ...
+
+    async def load_definitions(self) -> list[DefinitionRecord]: ...
+
+    async def save_execution(
+        self, record: ExecutionRecord, expected_version: int, events: Sequence[ExecutionEvent]
+    ) -> bool:
+        """Store ``record`` as version ``expected_version + 1`` and append ``events``, both or
+        neither, if the stored version is ``expected_version`` (0: a new execution)."""
+        ...
+
+    async def load_execution(self, execution_id: str) -> ExecutionRecord | None: ...
+
+    async def load_executions(
+        self, *, status: str | None = None, name: str | None = None, limit: int | None = None
+    ) -> list[ExecutionRecord]:
+        """Executions oldest first, filtered by ``status`` and definition ``name``."""
+        ...
+
+    async def load_execution_events(self, execution_id: str) -> list[ExecutionEvent]:
+        """The execution's log, in order."""
+        ...
+
+    async def delete_execution(self, execution_id: str) -> None:
+        """Drop a finished execution and its log (retention)."""
         ...
 
 

@@ -33,6 +33,7 @@ from fleetchat.backends.postgres_conn import (
 from fleetchat.backends.postgres_leases import PostgresLeases
 from fleetchat.backends.postgres_schema import BOOTSTRAP, LATEST_VERSION, LOCK_KEY, MIGRATIONS
 from fleetchat.backends.postgres_tasks import PostgresTasks
+from fleetchat.backends.postgres_workflows import PostgresWorkflows
 from fleetchat.errors import BackendError, BackendUnavailableError, ConfigError, FleetchatError
 from fleetchat.models import AgentInfo, TokenRecord
 
@@ -315,7 +316,7 @@ class PostgresDatabase:
         return BackendError(f"PostgreSQL at {self.where}{what}: {self._scrub(exc)}", **details)
 
 
-class PostgresStore(PostgresLeases, PostgresTasks):
+class PostgresStore(PostgresLeases, PostgresTasks, PostgresWorkflows):
     """Store on a PostgresDatabase (agents and tokens as JSONB rows keyed by id; lease
     resources in postgres_leases.py, read from the database on every call).
 

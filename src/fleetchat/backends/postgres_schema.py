@@ -74,6 +74,34 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_by_state ON tasks (state, created_at);
 """,
     ),
+    (
+        4,
+        "workflows",
+        """
+CREATE TABLE workflow_definitions (
+    name text NOT NULL,
+    version text NOT NULL,
+    data jsonb NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE executions (
+    id text PRIMARY KEY,
+    version bigint NOT NULL,
+    status text NOT NULL,
+    name text NOT NULL,
+    created_at double precision NOT NULL,
+    data jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX executions_by_status ON executions (status, created_at);
+CREATE TABLE execution_events (
+    execution text NOT NULL,
+    seq bigint NOT NULL,
+    data jsonb NOT NULL,
+    PRIMARY KEY (execution, seq)
+);
+""",
+    ),
 ]
 """(version, name, SQL), in version order."""
 

@@ -1,5 +1,5 @@
 """SqliteStore on the shared SqliteDatabase: agents, tokens, lease resources
-(sqlite_leases.py) and tasks (sqlite_tasks.py)."""
+(sqlite_leases.py), tasks (sqlite_tasks.py) and workflows (sqlite_workflows.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import msgspec
 
 from fleetchat.backends.sqlite_leases import SqliteLeases
 from fleetchat.backends.sqlite_tasks import SqliteTasks
+from fleetchat.backends.sqlite_workflows import SqliteWorkflows
 from fleetchat.models import AgentInfo, TokenRecord
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ _decode_agent = msgspec.json.Decoder(AgentInfo).decode
 _decode_token = msgspec.json.Decoder(TokenRecord).decode
 
 
-class SqliteStore(SqliteLeases, SqliteTasks):
+class SqliteStore(SqliteLeases, SqliteTasks, SqliteWorkflows):
     """Store on a SqliteDatabase."""
 
     def __init__(self, db: SqliteDatabase) -> None:
@@ -30,6 +31,7 @@ class SqliteStore(SqliteLeases, SqliteTasks):
     async def start(self) -> None:
         await self._create_lease_table()
         await self._create_task_table()
+        await self._create_workflow_tables()
 
     async def close(self) -> None:
         return None
