@@ -23,6 +23,7 @@ __all__ = [
     "FleetchatError",
     "ForbiddenError",
     "HubUnavailableError",
+    "InvalidDefinitionError",
     "InvalidIdError",
     "InvalidInputError",
     "LeaseTimeoutError",
@@ -82,6 +83,21 @@ class ConfigError(InvalidInputError):
     """A setting, URL or configuration file is invalid."""
 
     code = "invalid_config"
+
+
+class InvalidDefinitionError(InvalidInputError):
+    """A workflow definition is invalid; nothing was registered. ``details["problems"]`` lists
+    every problem found, each ``{"path": JSON Pointer, "step": step id or None, "message"}``."""
+
+    code = "invalid_definition"
+
+    def wire_details(self) -> dict[str, Any]:
+        """``details``, keeping ``problems`` as the list of dicts it is."""
+        details = super().wire_details()
+        problems = self.details.get("problems")
+        if isinstance(problems, list):
+            details["problems"] = problems
+        return details
 
 
 class NotFoundError(FleetchatError, LookupError):

@@ -24,6 +24,7 @@ STABLE_CODES = {
     "InvalidIdError": "invalid_id",
     "MessageTooLargeError": "message_too_large",
     "ConfigError": "invalid_config",
+    "InvalidDefinitionError": "invalid_definition",
     "NotFoundError": "not_found",
     "ChannelNotFoundError": "channel_not_found",
     "AgentNotFoundError": "agent_not_found",
