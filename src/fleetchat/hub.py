@@ -31,6 +31,7 @@ from fleetchat.registry.agents import AgentRegistry
 from fleetchat.registry.sync import RegistrySync
 from fleetchat.tasks.runtime import TaskRuntime
 from fleetchat.types import Clock, Priority, SystemClock, check_agent_id
+from fleetchat.workflows.service import WorkflowService
 
 __all__ = ["Hub", "parse_url"]
 
@@ -168,6 +169,8 @@ class Hub:
         )
         self.tasks = self._tasks.service
         self.scheduler = self._tasks.scheduler
+        # -- workflows: definitions and executions; the engine runs on the leader
+        self.workflows = WorkflowService(self, store, self.bus, self.clock)
         self._state: Literal["new", "open", "closed"] = "new"
 
     @classmethod
@@ -201,6 +204,7 @@ class Hub:
         await self.leases.start()
         await self._tasks.start(self.coordinator.is_leader)
         self._state = "open"
+        await self.workflows.start(self.coordinator.is_leader)
         log.info("hub started", extra={"url": self.settings.url})
 
     async def close(self) -> None:
@@ -209,6 +213,7 @@ class Hub:
         self._state = "closed"
         self.requests.close()
         self._receipts.close()
+        await self.workflows.close()
         await self._tasks.close()
         await self.leases.close()
         if self._registry_sync is not None:
@@ -227,6 +232,7 @@ class Hub:
         if self._state != "closed":
             log.info("leadership", extra={"leading": leading, "epoch": epoch})
             self._tasks.lead(leading)
+            self.workflows.lead(leading)
 
     async def __aenter__(self) -> Hub:
         await self.start()

@@ -93,6 +93,10 @@ class TaskService:
         self.on_remote_change: Callable[[str, int], None] | None = None
         """Set by the scheduler while it runs here: told (task id, version) of every change
         another node saved."""
+        self.watchers: list[Callable[[TaskRecord], None]] = []
+        """Told of every change saved on this node (the workflow engine listens here)."""
+        self.remote_watchers: list[Callable[[str, int], None]] = []
+        """Told (task id, version) of changes other nodes broadcast."""
         self.publish_event: Callable[[TaskEvent], None] = lambda event: None
         """Set by the Hub: publishes a transition on ``$tasks``."""
         bus.on_broadcast(_BROADCAST, self._on_broadcast)
@@ -226,6 +230,10 @@ class TaskService:
     async def find(self, task_id: str) -> TaskRecord | None:
         return await self._store.load_task(task_id)
 
+    async def find_by_key(self, idempotency_key: str) -> TaskRecord | None:
+        """The task submitted with ``idempotency_key``, if any."""
+        return await self._store.find_task(idempotency_key)
+
     async def load_active(self) -> list[TaskRecord]:
         """Every unfinished task (queued or held), oldest first."""
         return await self._store.load_tasks(active=True)
@@ -267,15 +275,19 @@ class TaskService:
     def _saved(self, task: TaskRecord, event: TaskEvent | None) -> None:
         if event is not None:
             self.publish_event(event)
+        for watcher in self.watchers:
+            watcher(task)
         if self.on_change is not None:
             self.on_change(task)
         else:
             self._bus.broadcast(_BROADCAST, _encode([task.id, task.version]))
 
     def _on_broadcast(self, data: bytes) -> None:
+        task_id, version = msgspec.json.decode(data)
         if self.on_remote_change is not None:
-            task_id, version = msgspec.json.decode(data)
             self.on_remote_change(task_id, version)
+        for watcher in self.remote_watchers:
+            watcher(task_id, version)
 
     # -- what agents report -------------------------------------------------------------------
 

@@ -46,11 +46,17 @@ class StepRun(msgspec.Struct, kw_only=True, omit_defaults=True):
     thread: str
     status: Literal["running", "waiting", "completed", "failed", "cancelled"] = "running"
     attempt: int = 1
+    """Numbers every attempt of the key, across loop visits and redrives (tasks are keyed by
+    it, so none is ever submitted twice)."""
+    first: int = 1
+    """The attempt this visit started with (retries count from it)."""
     input: Any = None
     output: Any = None
     error: dict[str, Any] | None = None
-    task_id: str | None = None
-    """The current attempt's task (agent_task)."""
+    agent: str | None = None
+    """agent_task with a named agent: the agent's id (rendered)."""
+    channel: str | None = None
+    """wait.message: the channel watched (rendered)."""
     child: str | None = None
     """The child execution (sub_workflow)."""
     timer_at: float | None = None
@@ -89,6 +95,8 @@ class Thread(msgspec.Struct, kw_only=True, omit_defaults=True):
     index: int | None = None
     status: Literal["active", "completed", "failed", "cancelled"] = "active"
     error: dict[str, Any] | None = None
+    last: str | None = None
+    """The run key of the last step it completed (its output is the thread's)."""
 
 
 class ExecutionRecord(msgspec.Struct, kw_only=True):

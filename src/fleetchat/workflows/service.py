@@ -1,0 +1,441 @@
+"""WorkflowService: ``hub.workflows``. Definitions, executions, and the engine's glue.
+
+Any node registers definitions and starts, reads, cancels or redrives executions (each a
+compare-and-set on the stored record); the engine that runs them lives on the leading node
+(:mod:`fleetchat.workflows.engine`) and hears of an execution started elsewhere by a bus
+broadcast, or within its 5 s check at the latest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from jsonschema import Draft202012Validator
+
+from fleetchat.errors import (
+    ConflictError,
+    FleetchatError,
+    InvalidInputError,
+    NotFoundError,
+)
+from fleetchat.models import Channel, Message
+from fleetchat.types import Priority, new_id
+from fleetchat.workflows.engine import ENGINE_MEMBER, WorkflowEngine
+from fleetchat.workflows.expressions import Expressions, compile_all
+from fleetchat.workflows.graph import to_mermaid
+from fleetchat.workflows.interpreter import Interpreter, StartChild
+from fleetchat.workflows.model import AgentTaskStep, Definition
+from fleetchat.workflows.records import DefinitionRecord, ExecutionEvent, ExecutionRecord, StepRun
+from fleetchat.workflows.validate import parse_definition
+
+if TYPE_CHECKING:
+    from fleetchat.backends.ports import Bus, Store
+    from fleetchat.chat.channels import ChannelRegistry
+    from fleetchat.chat.subscription import Subscription
+    from fleetchat.hub import Hub
+    from fleetchat.tasks.records import TaskRecord
+    from fleetchat.types import Clock
+
+__all__ = ["WorkflowService", "execution_channel"]
+
+log = logging.getLogger(__name__)
+
+_BROADCAST = "workflows"
+_SEMVER = re.compile(r"(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?")
+
+
+def execution_channel(execution_id: str) -> str:
+    """The channel where an execution's events are published (``$wf.<id>``)."""
+    return f"$wf.{execution_id}"
+
+
+def _semver_key(version: str) -> tuple[int, int, int, int, str]:
+    m = _SEMVER.match(version)
+    if m is None:
+        return (0, 0, 0, 0, version)
+    major, minor, patch, pre = m.groups()
+    return (int(major), int(minor), int(patch), 0 if pre else 1, pre or "")
+
+
+class WorkflowService:
+    """Built and owned by the Hub."""
+
+    def __init__(self, hub: Hub, store: Store, bus: Bus, clock: Clock) -> None:
+        self._hub = hub
+        self.store = store
+        self._bus = bus
+        self._clock = clock
+        self.tasks = hub.tasks
+        self._channels: ChannelRegistry = hub.channels
+        self._definitions: dict[tuple[str, str], DefinitionRecord] = {}
+        self._parsed: dict[str, tuple[Definition, Expressions]] = {}  # by content hash
+        self._work: set[asyncio.Task[Any]] = set()
+        self.engine = WorkflowEngine(self, clock)
+        bus.on_broadcast(_BROADCAST, self._on_broadcast)
+
+    async def start(self, leading: bool) -> None:
+        for record in await self.store.load_definitions():
+            self._definitions[(record.name, record.version)] = record
+        self.tasks.watchers.append(self._task_changed)
+        self.tasks.remote_watchers.append(self._task_changed_elsewhere)
+        self.lead(leading)
+
+    async def close(self) -> None:
+        await self.engine.stop()
+        for work in list(self._work):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(work, 1.0)
+
+    def lead(self, leading: bool) -> None:
+        self._spawn(self.engine.start() if leading else self.engine.stop())
+
+    def _spawn(self, coro: Any) -> None:
+        work = asyncio.get_running_loop().create_task(coro)
+        self._work.add(work)
+        work.add_done_callback(self._work.discard)
+
+    # -- definitions ------------------------------------------------------------------------
+
+    async def register(
+        self, document: str | bytes | dict[str, Any], *, fmt: str | None = None
+    ) -> DefinitionRecord:
+        """Validate and store a definition. The same content again under its (name, version)
+        is a no-op; other content under a registered (name, version) is a ConflictError.
+
+        Raises:
+            InvalidDefinitionError: every problem found, with its path and step.
+            ConflictError: (name, version) exists with other content.
+        """
+        definition = parse_definition(document, fmt=fmt)  # type: ignore[arg-type]
+        raw = document if isinstance(document, dict) else _load(document)
+        record = DefinitionRecord(
+            name=definition.name,
+            version=definition.version,
+            content_hash=definition.content_hash,
+            document=raw,
+            created_at=self._clock.time(),
+        )
+        existing = await self._existing(definition.name, definition.version)
+        if existing is None and await self.store.save_definition(record):
+            existing = record
+        existing = existing or await self._existing(definition.name, definition.version)
+        assert existing is not None
+        if existing.content_hash != record.content_hash:
+            raise ConflictError(
+                f"workflow {definition.name}@{definition.version} is registered with other "
+                "content: give the changed definition a new version",
+                workflow=definition.name,
+                version=definition.version,
+            )
+        self._definitions[(existing.name, existing.version)] = existing
+        self._parsed[definition.content_hash] = (definition, compile_all(definition))
+        return existing
+
+    async def _existing(self, name: str, version: str) -> DefinitionRecord | None:
+        if (name, version) not in self._definitions:
+            for record in await self.store.load_definitions():
+                self._definitions[(record.name, record.version)] = record
+        return self._definitions.get((name, version))
+
+    def definitions(self) -> builtins.list[DefinitionRecord]:
+        return sorted(self._definitions.values(), key=lambda d: (d.name, _semver_key(d.version)))
+
+    async def resolve(self, name: str, version: str = "latest") -> DefinitionRecord:
+        """The definition ``name@version`` (``latest``: the highest version not deprecated)."""
+        if version == "latest":
+            known = [d for d in self.definitions() if d.name == name and not d.deprecated]
+            if not known:
+                await self._existing(name, "\0")  # reload from the store
+                known = [d for d in self.definitions() if d.name == name and not d.deprecated]
+            if not known:
+                raise NotFoundError(f"no workflow {name!r}", workflow=name)
+            return known[-1]
+        record = await self._existing(name, version)
+        if record is None:
+            raise NotFoundError(f"no workflow {name}@{version}", workflow=name, version=version)
+        return record
+
+    async def deprecate(self, name: str, version: str, deprecated: bool = True) -> DefinitionRecord:
+        """A deprecated version starts no new executions; running ones finish."""
+        record = await self.resolve(name, version)
+        updated = msgspec.structs.replace(record, deprecated=bool(deprecated))
+        await self.store.update_definition(updated)
+        self._definitions[(name, record.version)] = updated
+        return updated
+
+    def parsed(self, record: DefinitionRecord) -> tuple[Definition, Expressions]:
+        found = self._parsed.get(record.content_hash)
+        if found is None:
+            definition = parse_definition(record.document)
+            found = self._parsed[record.content_hash] = (definition, compile_all(definition))
+        return found
+
+    async def definition_for(self, execution: ExecutionRecord) -> Definition:
+        record = await self.resolve(execution.workflow, execution.workflow_version)
+        return self.parsed(record)[0]
+
+    def expressions_for(self, definition: Definition) -> Expressions:
+        return self._parsed[definition.content_hash][1]
+
+    async def graph(self, name: str, version: str = "latest") -> str:
+        """The definition as a Mermaid flowchart."""
+        return to_mermaid(self.parsed(await self.resolve(name, version))[0])
+
+    # -- executions -------------------------------------------------------------------------
+
+    async def start_execution(
+        self,
+        name: str,
+        input: Any = None,
+        *,
+        version: str = "latest",
+        execution_id: str | None = None,
+        parent: str | None = None,
+    ) -> ExecutionRecord:
+        """Start ``name@version`` with ``input``; returns the new execution (running).
+
+        Raises:
+            NotFoundError: no such workflow. ConflictError: the version is deprecated.
+            InvalidInputError: the input fails the definition's input schema (nothing started).
+        """
+        record = await self.resolve(name, version)
+        if record.deprecated:
+            raise ConflictError(
+                f"workflow {name}@{record.version} is deprecated: start another version",
+                workflow=name,
+                version=record.version,
+            )
+        definition, _ = self.parsed(record)
+        if definition.input_schema is not None:
+            problems = [
+                {"path": "/" + "/".join(str(p) for p in e.absolute_path), "message": e.message}
+                for e in Draft202012Validator(definition.input_schema).iter_errors(input)
+            ]
+            if problems:
+                raise InvalidInputError(
+                    f"the input fails the input schema of {name}@{record.version}: "
+                    + "; ".join(f"{p['path']}: {p['message']}" for p in problems),
+                    field="input",
+                    problems=problems,
+                )
+        now = self._clock.time()
+        execution = ExecutionRecord(
+            id=execution_id or new_id(),
+            workflow=record.name,
+            workflow_version=record.version,
+            content_hash=record.content_hash,
+            input=input,
+            parent=parent,
+            created_at=now,
+            updated_at=now,
+            deadline=None
+            if definition.execution_timeout is None
+            else now + definition.execution_timeout,
+        )
+        if not await self.store.save_execution(execution, 0, []):
+            existing = await self.store.load_execution(execution.id)
+            if existing is not None and execution_id is not None:
+                return existing  # a child started again after a crash: the same one
+            raise ConflictError(f"execution {execution.id!r} exists", execution=execution.id)
+        execution = msgspec.structs.replace(execution, version=1)
+        await self._open_channel(execution.id)
+        self._tell_engine(execution)
+        return execution
+
+    async def get(self, execution_id: str) -> ExecutionRecord:
+        record = await self.store.load_execution(execution_id)
+        if record is None:
+            raise NotFoundError(f"no execution {execution_id!r}", execution=execution_id)
+        return record
+
+    async def list(
+        self, *, status: str | None = None, name: str | None = None, limit: int = 100
+    ) -> builtins.list[ExecutionRecord]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise InvalidInputError("limit must be 1..10000", field="limit")
+        return await self.store.load_executions(status=status, name=name, limit=limit)
+
+    async def events(self, execution_id: str) -> builtins.list[ExecutionEvent]:
+        await self.get(execution_id)
+        return await self.store.load_execution_events(execution_id)
+
+    async def cancel(self, execution_id: str, reason: str | None = None) -> ExecutionRecord:
+        """Cancel a running execution: its tasks, branches and child executions stop."""
+        return await self._change(execution_id, lambda i: i.cancel(reason or "cancelled"))
+
+    async def redrive(self, execution_id: str) -> ExecutionRecord:
+        """Run a failed execution again from the step(s) that failed."""
+        record = await self.get(execution_id)
+        if record.status != "failed":
+            raise ConflictError(
+                f"execution {execution_id!r} is {record.status}: only a failed one is redriven",
+                execution=execution_id,
+            )
+        return await self._change(execution_id, lambda i: i.redrive(), finished=True)
+
+    async def wait(self, execution_id: str, timeout: float = 30.0) -> ExecutionRecord:
+        """Poll until the execution finishes (or ``timeout`` seconds pass); the record."""
+        async with asyncio.timeout(timeout):
+            while True:
+                record = await self.get(execution_id)
+                if record.finished:
+                    return record
+                await asyncio.sleep(0.05)
+
+    async def _change(
+        self, execution_id: str, fn: Any, *, finished: bool = False
+    ) -> ExecutionRecord:
+        if self.engine.active:
+            await self.engine.apply(execution_id, fn, finished=finished)
+            return await self.get(execution_id)
+        for _ in range(20):  # on a follower: the same, by compare-and-set
+            record = await self.get(execution_id)
+            definition = await self.definition_for(record)
+            interp = Interpreter(
+                definition, self.expressions_for(definition), record, self._clock.time()
+            )
+            fn(interp)
+            if not interp.events:
+                return record
+            if await self.store.save_execution(record, record.version, interp.events):
+                saved = msgspec.structs.replace(record, version=record.version + 1)
+                self.published(saved, interp.events)
+                self._tell_engine(saved)
+                return saved
+        raise ConflictError(f"execution {execution_id!r} keeps changing", execution=execution_id)
+
+    def _tell_engine(self, record: ExecutionRecord) -> None:
+        if self.engine.active:
+            self._spawn(self.engine.resume(record))
+        else:
+            self._bus.broadcast(_BROADCAST, record.id.encode())
+
+    def _on_broadcast(self, data: bytes) -> None:
+        if self.engine.active:
+            self._spawn(self._resume_id(data.decode()))
+
+    async def _resume_id(self, execution_id: str) -> None:
+        record = await self.store.load_execution(execution_id)
+        if record is not None:
+            self.engine.running.pop(execution_id, None)
+            await self.engine.resume(record)
+
+    # -- what the engine needs ----------------------------------------------------------------
+
+    async def subscribe_engine(self) -> Subscription:
+        return await self._hub.subscribe(ENGINE_MEMBER)
+
+    async def watch_channel(self, channel: str) -> None:
+        with contextlib.suppress(FleetchatError):
+            await self._channels.join(channel, ENGINE_MEMBER)
+
+    def channel_seq(self, channel: str) -> int:
+        spec = self._bus.channel(channel)
+        return spec.last_seq if spec is not None else 0
+
+    def _task_changed(self, task: TaskRecord) -> None:
+        self.engine.task_changed(task)
+
+    def _task_changed_elsewhere(self, task_id: str, version: int) -> None:
+        if self.engine.active:
+            self._spawn(self._reload_task(task_id))
+
+    async def _reload_task(self, task_id: str) -> None:
+        task = await self.tasks.find(task_id)
+        if task is not None:
+            self.engine.task_changed(task)
+
+    async def submit_task(
+        self, key: str, step: AgentTaskStep, run: StepRun, execution: ExecutionRecord
+    ) -> TaskRecord:
+        t = step.timeout
+        payload = {
+            "input": run.input,
+            "workflow": {
+                "execution": execution.id,
+                "workflow": execution.workflow,
+                "step": run.step,
+                "attempt": run.attempt,
+            },
+        }
+        return await self.tasks.submit(
+            step.agent.capabilities,
+            payload=payload,
+            priority=step.priority,
+            idempotency_key=key,
+            mode="auction" if step.agent.auction else None,
+            agent_id=run.agent,
+            schedule_to_start=t.schedule_to_start if t else None,
+            start_to_close=t.start_to_close if t and t.start_to_close else None,
+            heartbeat=t.heartbeat if t else None,
+            max_retries=0,  # the step's own retry policy decides
+            submitted_by=f"workflow:{execution.id}",
+        )
+
+    async def cancel_task(self, key: str, reason: str) -> None:
+        task = await self.tasks.find_by_key(key)
+        if task is not None and not task.terminal:
+            with contextlib.suppress(ConflictError):
+                await self.tasks.cancel(task.id, reason)
+
+    async def start_child(self, parent: str, effect: StartChild) -> None:
+        name, _, version = effect.workflow.partition("@")
+        child = await self.start_execution(
+            name,
+            effect.input,
+            version=version or "latest",
+            execution_id=effect.child_id,
+            parent=f"{parent}/{effect.key}",
+        )
+        if child.finished:  # it had ended before a crash: tell the parent again
+            await self.engine.apply(parent, lambda i: i.child_finished(effect.key, child))
+
+    async def _open_channel(self, execution_id: str) -> None:
+        now = self._clock.time()
+        spec = Channel(
+            name=execution_channel(execution_id),
+            type="system",
+            announce=False,
+            writers=[],
+            created_at=now,
+            last_activity_at=now,
+        )
+        with contextlib.suppress(FleetchatError):
+            await self._bus.create_channel(spec)
+
+    def published(self, record: ExecutionRecord, events: builtins.list[ExecutionEvent]) -> None:
+        """Post a saved change's events on the execution's channel (one message)."""
+        body = {
+            "execution": record.id,
+            "status": record.status,
+            "events": [msgspec.to_builtins(e) for e in events],
+        }
+        message = Message(
+            id=new_id(),
+            channel=execution_channel(record.id),
+            sender="$hub",
+            kind="system",
+            body=body,
+            priority=Priority.NORMAL,
+            created_at=self._clock.time(),
+        )
+        self._spawn(self._post(message))
+
+    async def _post(self, message: Message) -> None:
+        try:
+            await self._bus.publish([message], 5.0)
+        except FleetchatError as exc:
+            log.debug("execution event not posted", extra={"error": exc.code})
+
+
+def _load(document: str | bytes) -> dict[str, Any]:
+    import yaml
+
+    loaded = yaml.safe_load(document)
+    return loaded if isinstance(loaded, dict) else {}
