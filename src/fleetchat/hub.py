@@ -204,7 +204,7 @@ class Hub:
         await self.leases.start()
         await self._tasks.start(self.coordinator.is_leader)
         self._state = "open"
-        await self.workflows.start(self.coordinator.is_leader)
+        await self.workflows.open(self.coordinator.is_leader)
         log.info("hub started", extra={"url": self.settings.url})
 
     async def close(self) -> None:

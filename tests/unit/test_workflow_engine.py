@@ -93,7 +93,7 @@ async def run(
     hub: Hub, fleet: Fleet, definition: dict[str, Any], data: Any = None
 ) -> ExecutionRecord:
     await hub.workflows.register(definition)
-    execution = await hub.workflows.start_execution(definition["name"], data)
+    execution = await hub.workflows.start(definition["name"], data)
     for _ in range(40):
         await settle(fleet.clock)
         record = await hub.workflows.get(execution.id)
@@ -255,7 +255,7 @@ async def test_a_wait_for_a_duration_and_for_a_matching_message(
         ],
     )
     await hub.workflows.register(definition)
-    execution = await hub.workflows.start_execution("approve", {"order": 5})
+    execution = await hub.workflows.start("approve", {"order": 5})
     await fleet.advance(5)
     assert (await hub.workflows.get(execution.id)).runs["pause"].status == "waiting"
     await fleet.advance(6)
@@ -326,7 +326,7 @@ async def test_cancel_stops_the_running_task(hub: Hub, fleet: Fleet, clock: Fake
     await fleet.add("slow", {"think": 0.9}, lambda inp, a: "never")
     fleet.hold.add("slow")
     await hub.workflows.register(wf("long", [task("think", "think")]))
-    execution = await hub.workflows.start_execution("long")
+    execution = await hub.workflows.start("long")
     await fleet.advance(1)
     running = await hub.workflows.get(execution.id)
     assert running.runs["think"].status == "running"
@@ -346,16 +346,16 @@ async def test_registration_versions_inputs_and_expression_errors(hub: Hub, flee
     with pytest.raises(ConflictError):
         await hub.workflows.register(changed)
     with pytest.raises(InvalidInputError):
-        await hub.workflows.start_execution("greet", {"nom": "x"})
+        await hub.workflows.start("greet", {"nom": "x"})
     assert await hub.workflows.list() == []
     await hub.workflows.register({**changed, "version": "1.1.0"})
     assert (await hub.workflows.resolve("greet")).version == "1.1.0"
     await hub.workflows.deprecate("greet", "1.1.0")
     assert (await hub.workflows.resolve("greet")).version == "1.0.0"
     with pytest.raises(ConflictError):
-        await hub.workflows.start_execution("greet", {"name": "x"}, version="1.1.0")
+        await hub.workflows.start("greet", {"name": "x"}, version="1.1.0")
     with pytest.raises(NotFoundError):
-        await hub.workflows.start_execution("nope")
+        await hub.workflows.start("nope")
     broken = wf(
         "divide",
         [

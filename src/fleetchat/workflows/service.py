@@ -79,7 +79,8 @@ class WorkflowService:
         self.engine = WorkflowEngine(self, clock)
         bus.on_broadcast(_BROADCAST, self._on_broadcast)
 
-    async def start(self, leading: bool) -> None:
+    async def open(self, leading: bool) -> None:
+        """Load the definitions; run the engine if this node leads (called by the Hub)."""
         for record in await self.store.load_definitions():
             self._definitions[(record.name, record.version)] = record
         self.tasks.watchers.append(self._task_changed)
@@ -189,7 +190,7 @@ class WorkflowService:
 
     # -- executions -------------------------------------------------------------------------
 
-    async def start_execution(
+    async def start(
         self,
         name: str,
         input: Any = None,
@@ -386,7 +387,7 @@ class WorkflowService:
 
     async def start_child(self, parent: str, effect: StartChild) -> None:
         name, _, version = effect.workflow.partition("@")
-        child = await self.start_execution(
+        child = await self.start(
             name,
             effect.input,
             version=version or "latest",
