@@ -120,6 +120,7 @@ class TaskService:
         max_retries: int | None = None,
         estimate: float | None = None,
         submitted_by: str = "",
+        must_be_satisfiable: bool | None = None,
     ) -> TaskRecord:
         """Queue a task for the agents that have ``required`` ({capability: weight}), or for
         ``agent_id`` only. A second submit with the same ``idempotency_key`` returns the first
@@ -128,7 +129,8 @@ class TaskService:
         Raises:
             InvalidInputError: bad requirements, priority, mode, timeouts or retry budget.
             UnsatisfiableError: no registered agent could ever take it (unless
-                ``tasks.reject_unsatisfiable`` is off).
+                ``tasks.reject_unsatisfiable`` is off, or ``must_be_satisfiable`` is False:
+                the workflow engine's tasks wait for an agent that can).
         """
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 200:
@@ -155,6 +157,9 @@ class TaskService:
             max_retries=max_retries,
             estimate=_seconds(estimate, "estimate", optional=True),
             submitted_by=submitted_by,
+            check=self.settings.reject_unsatisfiable
+            if must_be_satisfiable is None
+            else must_be_satisfiable,
         )
         if not await self._store.save_task(task, 0):
             if idempotency_key is not None:  # submitted at the same moment elsewhere
@@ -174,6 +179,7 @@ class TaskService:
         agent_id: str | None,
         mode: str | None,
         priority: Priority | str,
+        check: bool,
         **fields: Any,
     ) -> TaskRecord:
         if agent_id is not None:
@@ -196,7 +202,7 @@ class TaskService:
             updated_at=now,
             **fields,
         )
-        if self.settings.reject_unsatisfiable:
+        if check:
             self._check_satisfiable(task)
         return task
 

@@ -377,6 +377,7 @@ class WorkflowService:
             heartbeat=t.heartbeat if t else None,
             max_retries=0,  # the step's own retry policy decides
             submitted_by=f"workflow:{execution.id}",
+            must_be_satisfiable=False,  # agents may register later: the task waits
         )
 
     async def cancel_task(self, key: str, reason: str) -> None:
