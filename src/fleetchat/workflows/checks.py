@@ -82,7 +82,10 @@ def _targets(step: dict[str, Any], following: str | None) -> Iterator[tuple[str,
 
 def _check_scope(members: list[StepAt], start: str | None, out: list[Problem]) -> None:
     order = [m.step.get("id") for m in members]
-    local = {sid: m for sid, m in zip(order, members, strict=True) if isinstance(sid, str)}
+    local: dict[str, StepAt] = {}
+    for sid, member in zip(order, members, strict=True):
+        if isinstance(sid, str):
+            local.setdefault(sid, member)
     edges: dict[str, list[str]] = {sid: [] for sid in local}
     for i, at in enumerate(members):
         following = order[i + 1] if i + 1 < len(order) else None
@@ -97,13 +100,17 @@ def _check_scope(members: list[StepAt], start: str | None, out: list[Problem]) -
                 edges[sid].append(target)
     if start is not None and start not in local:
         _add(out, "/start", None, f"start {start!r} is not a top-level step")
-        return
-    first = start or next((sid for sid in order if isinstance(sid, str)), None)
-    reached = _reach(first, edges)
-    for sid, at in local.items():
-        if sid not in reached:
-            _add(out, at.pointer, sid, f"step {sid!r} is unreachable from {first!r}")
-    unguarded = {sid for sid, at in local.items() if not at.step.get("max_visits")}
+    else:
+        first = start or next((sid for sid in order if isinstance(sid, str)), None)
+        reached = _reach(first, edges)
+        for sid, at in local.items():
+            if sid not in reached:
+                _add(out, at.pointer, sid, f"step {sid!r} is unreachable from {first!r}")
+    # A duplicated id is reported already; its edges would only make up cycles.
+    duplicated = {sid for sid in local if order.count(sid) > 1}
+    unguarded = {
+        sid for sid, at in local.items() if not at.step.get("max_visits") and sid not in duplicated
+    }
     for cycle in _cycles(unguarded, edges):
         ordered = [sid for sid in local if sid in cycle]
         _add(

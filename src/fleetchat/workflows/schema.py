@@ -9,13 +9,23 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["WORKFLOW_SCHEMA"]
+__all__ = ["PATTERN_HINTS", "WORKFLOW_SCHEMA"]
 
 _ID = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_NAME = r"^[a-z0-9][a-z0-9-]*$"
+_WORKFLOW_REF = r"^[a-z0-9][a-z0-9-]*@(latest|\d+\.\d+\.\d+\S*)$"
 _SEMVER = (
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
 )
+
+#: What each pattern of the schema means, for problem messages.
+PATTERN_HINTS: dict[str, str] = {
+    _ID: "must be letters, digits and _, not starting with a digit (usable as steps.<id>)",
+    _NAME: "must be lowercase letters, digits and -, starting with a letter or digit",
+    _SEMVER: "must be a semantic version such as 1.2.0",
+    _WORKFLOW_REF: "must be name@version (1.2.0) or name@latest",
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -108,7 +118,7 @@ _STEP_TYPES: dict[str, dict[str, Any]] = {
     "sub_workflow": _step(
         ["workflow"],
         **_FLOW,
-        workflow={"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]*@(latest|\d+\.\d+\.\d+\S*)$"},
+        workflow={"type": "string", "pattern": _WORKFLOW_REF},
         input=True,
         retry=_ref("retry"),
         timeout=_ref("timeouts"),
@@ -127,7 +137,7 @@ WORKFLOW_SCHEMA: dict[str, Any] = {
     "required": ["name", "version", "steps"],
     "properties": {
         "schema": {"const": "fleetchat.workflow/v1"},
-        "name": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9-]*$", "maxLength": 128},
+        "name": {"type": "string", "pattern": _NAME, "maxLength": 128},
         "version": {"type": "string", "pattern": _SEMVER},
         "description": {"type": "string"},
         "expression_language": {"const": "cel"},

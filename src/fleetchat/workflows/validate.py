@@ -14,7 +14,7 @@ from fleetchat.errors import InvalidDefinitionError
 from fleetchat.workflows.checks import FLOWING, check_document, implicit_next
 from fleetchat.workflows.durations import parse_duration
 from fleetchat.workflows.model import Definition
-from fleetchat.workflows.schema import WORKFLOW_SCHEMA
+from fleetchat.workflows.schema import PATTERN_HINTS, WORKFLOW_SCHEMA
 from fleetchat.workflows.sites import walk_steps
 
 __all__ = ["content_hash", "load_document", "parse_definition", "validate_document"]
@@ -66,7 +66,9 @@ def validate_document(document: dict[str, Any]) -> list[dict[str, Any]]:
     """Every problem of a loaded document: its JSON Schema, then the rules beyond it."""
     problems = [
         _problem(
-            _pointer(error.absolute_path), _step_at(document, error.absolute_path), error.message
+            _pointer(error.absolute_path),
+            _step_at(document, error.absolute_path),
+            _schema_message(error),
         )
         for error in sorted(
             _VALIDATOR.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))
@@ -159,6 +161,17 @@ def _retry(value: dict[str, Any]) -> dict[str, Any]:
         if key in retry:
             retry[key] = parse_duration(retry[key])
     return retry
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    """The validator's message, in words for the patterns a reader cannot be expected to parse."""
+    if error.validator == "pattern" and isinstance(error.validator_value, str):
+        hint = PATTERN_HINTS.get(error.validator_value)
+        if hint is not None:
+            return f"{error.instance!r}: {hint}"
+    if error.validator == "not":
+        return f"{error.instance!r} is reserved"
+    return error.message
 
 
 def _problem(path: str, step: str | None, message: str) -> dict[str, Any]:
