@@ -63,6 +63,18 @@ def test_evaluate_gives_timestamps_as_aware_datetimes(x: Expressions) -> None:
     assert type(result) is dt.datetime
 
 
+def test_evaluate_gives_durations_as_timedeltas_and_bytes_as_bytes(x: Expressions) -> None:
+    assert x.evaluate("duration('90s')", ACTIVATION) == dt.timedelta(seconds=90)
+    assert x.evaluate("b'ab'", ACTIVATION) == b"ab"
+
+
+def test_the_package_names_what_it_does_not_have() -> None:
+    import fleetchat.workflows as package
+
+    with pytest.raises(AttributeError):
+        _ = package.no_such_name
+
+
 def test_a_single_expression_template_keeps_the_result_type(x: Expressions) -> None:
     assert x.render("${input.qty}", ACTIVATION) == 3
     assert x.render("${ input.parts }", ACTIVATION) == ["a", "b"]

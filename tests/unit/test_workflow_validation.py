@@ -230,9 +230,10 @@ def test_start_defaults_to_the_first_step_and_next_to_the_following_one() -> Non
 
 
 def test_a_step_without_retry_gets_the_default_retry() -> None:
-    d = parse_definition(minimal())
+    step = parse_definition(minimal()).steps[0]
 
-    assert d.steps[0].retry == Retry() if isinstance(d.steps[0], AgentTaskStep) else False
+    assert isinstance(step, AgentTaskStep)
+    assert step.retry == Retry()
 
 
 def test_iter_steps_gives_every_step_with_its_scope_path() -> None:
