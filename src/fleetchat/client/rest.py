@@ -13,6 +13,7 @@ import msgspec
 from fleetchat.client.leases import LeaseClient
 from fleetchat.client.tasks_rest import TaskClient
 from fleetchat.client.wire import DEFAULT_HUB, HubUnavailableError, http_url
+from fleetchat.client.workflows_rest import WorkflowClient
 from fleetchat.errors import ClosedError, FleetchatError, error_from_code
 from fleetchat.models import AgentInfo, Channel, ChannelType, Message
 from fleetchat.server import schemas as s
@@ -269,6 +270,13 @@ class HubClient:
         """Task calls (``submit``, ``get``, ``list``, ``cancel``, ``wait``, and the agent's
         ``accept`` ... ``complete``); name the ``agent`` per report when auth is off."""
         return TaskClient(self)
+
+    @property
+    def workflows(self) -> WorkflowClient:
+        """Workflow calls (``register``, ``definitions``, ``get``, ``graph``, ``deprecate``,
+        ``start``, ``execution``, ``executions``, ``events``, ``cancel``, ``redrive``,
+        ``wait``)."""
+        return WorkflowClient(self)
 
     # -- operations -----------------------------------------------------------------------
 

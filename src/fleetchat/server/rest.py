@@ -25,12 +25,14 @@ from fleetchat.server.rest_route import Ctx as Ctx  # Ctx and Param: public here
 from fleetchat.server.rest_route import Param as Param
 from fleetchat.server.rest_route import Route
 from fleetchat.server.rest_tasks import TASK_ROUTES
+from fleetchat.server.rest_workflows import WORKFLOW_ROUTES
 
 __all__ = ["ROUTES", "STATUS_BY_CODE", "Route", "error_response", "install_routes"]
 
 STATUS_BY_CODE = {
     "invalid_input": 400,
     "invalid_id": 400,
+    "invalid_definition": 400,
     "message_too_large": 413,
     "invalid_config": 400,
     "unauthenticated": 401,
@@ -55,7 +57,13 @@ STATUS_BY_CODE = {
 
 _json = msgspec.json.Encoder()
 
-ROUTES: tuple[Route, ...] = (*CHANNEL_ROUTES, *AGENT_ROUTES, *LEASE_ROUTES, *TASK_ROUTES)
+ROUTES: tuple[Route, ...] = (
+    *CHANNEL_ROUTES,
+    *AGENT_ROUTES,
+    *LEASE_ROUTES,
+    *TASK_ROUTES,
+    *WORKFLOW_ROUTES,
+)
 """Every route, in the order of the OpenAPI document: channels and messages, then agents,
 metrics and dead letters, then leases (rest_leases.py)."""
 
