@@ -310,7 +310,7 @@ class Interpreter:
             self._wait(step, run, act)
         elif isinstance(step, FailStep):
             run.status, run.ended_at = "failed", self.now
-            run.error = error(step.error, step.message, step.id)
+            run.error = error(step.error, str(self.x.render(step.message, act)), step.id)
             self._event("step.failed", run, data=run.error)
             self._thread_failed(thread, run.error)
         elif isinstance(step, SucceedStep):
@@ -455,6 +455,7 @@ class Interpreter:
             if err["type"] in catch.errors or "fleetchat.all" in catch.errors:
                 if catch.as_:
                     self.r.vars[catch.as_] = err
+                thread.caught = err
                 self._event("step.caught", run, data={"next": catch.next})
                 self._goto(thread, catch.next)
                 return
@@ -591,6 +592,8 @@ class Interpreter:
             act["item"], act["index"] = thread.item, thread.index
         if run is not None and run.error is not None:
             act["error"] = run.error
+        elif thread is not None and thread.caught is not None:
+            act["error"] = thread.caught
         act.update(more)
         return act
 

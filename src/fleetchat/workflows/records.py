@@ -97,6 +97,8 @@ class Thread(msgspec.Struct, kw_only=True, omit_defaults=True):
     error: dict[str, Any] | None = None
     last: str | None = None
     """The run key of the last step it completed (its output is the thread's)."""
+    caught: dict[str, Any] | None = None
+    """The error a ``catch`` sent it on with: the ``error`` root of the steps after."""
 
 
 class ExecutionRecord(msgspec.Struct, kw_only=True):
