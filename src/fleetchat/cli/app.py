@@ -19,6 +19,7 @@ from fleetchat.cli.leases import register as register_leases
 from fleetchat.cli.migrate import register as register_migrate
 from fleetchat.cli.remote import register as register_remote
 from fleetchat.cli.tasks import register as register_tasks
+from fleetchat.cli.workflow import register as register_workflow
 from fleetchat.config import HubSettings, load_settings
 from fleetchat.errors import FleetchatError
 
@@ -188,6 +189,7 @@ def token_revoke(
 register_remote(app)
 register_leases(app)
 register_tasks(app)
+register_workflow(app)
 register_migrate(app)
 
 
