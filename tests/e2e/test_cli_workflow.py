@@ -177,3 +177,51 @@ async def test_run_with_a_bad_input_cancel_and_redrive(
     redrive = await fleetchat("workflow", "redrive", execution_id, *hub)
     assert redrive.exit_code == 1
     assert "[conflict]" in redrive.stderr
+
+
+FAILING = """\
+schema: fleetchat.workflow/v1
+name: cli-refuse
+version: 1.0.0
+steps:
+  - id: refuse
+    type: fail
+    error: fleetchat.failed
+    message: out of parts
+"""
+
+
+async def test_run_wait_exits_1_and_prints_the_error_when_the_execution_fails(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    running = await start_server(auth=False, url="memory://")
+    hub = ("--hub", running.url)
+    await fleetchat("workflow", "register", _write(tmp_path, "f.yaml", FAILING), *hub)
+
+    got = await fleetchat("workflow", "run", "cli-refuse", "--wait", *hub)
+
+    assert got.exit_code == 1, got.output
+    assert ": failed (cli-refuse@1.0.0)" in got.stdout
+    assert "out of parts" in got.stdout
+    as_json = await fleetchat("workflow", "definitions", "--json", *hub)
+    assert [d["name"] for d in json.loads(as_json.stdout)] == ["cli-refuse"]
+    not_json = await fleetchat("workflow", "run", "cli-refuse", "--input", "{bin", *hub)
+    assert not_json.exit_code == 1
+    assert "--input is not JSON" in not_json.stderr
+
+
+async def test_cancel_json_prints_the_execution(start_server: StartServer, tmp_path: Path) -> None:
+    running = await start_server(auth=False, url="memory://")
+    hub = ("--hub", running.url)
+    await fleetchat("workflow", "register", _write(tmp_path, "o.yaml", ORDER), *hub)
+    started = await fleetchat(
+        "workflow", "run", "cli-order", "--input", '{"bin": "b"}', "--json", *hub
+    )
+    execution_id = json.loads(started.stdout)["id"]
+
+    got = await fleetchat("workflow", "cancel", execution_id, "--json", *hub)
+
+    assert got.exit_code == 0, got.output
+    assert json.loads(got.stdout)["status"] == "cancelled"
+    shown = await fleetchat("workflow", "status", execution_id, *hub)
+    assert ": cancelled (cli-order@1.0.0)" in shown.stdout

@@ -4,13 +4,14 @@ HubClient.workflows, with SDK agents doing the steps over the WebSocket."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fleetchat.client import HubClient
+from fleetchat.client import HubClient, HubUnavailableError
 from fleetchat.client.task_work import TaskWork
 from fleetchat.errors import (
     ConflictError,
@@ -140,6 +141,25 @@ async def test_a_body_that_is_not_a_definition_is_a_400(running: RunningServer) 
     assert (status, answer["error"]["code"]) == (400, "invalid_definition")
     status, answer = await running.request("POST", "/v1/workflows", data="- a list", headers=YAML)
     assert (status, answer["error"]["code"]) == (400, "invalid_definition")
+
+
+async def test_a_body_over_the_frame_limit_is_413_and_one_nested_too_deeply_400(
+    running: RunningServer,
+) -> None:
+    limit = running.hub.settings.server.max_frame_bytes
+    status, answer = await running.request(
+        "POST", "/v1/workflows", data=io.BytesIO(b" " * (limit + 1))
+    )
+    assert (status, answer["error"]["code"]) == (413, "message_too_large")
+
+    status, answer = await running.request("POST", "/v1/workflows", data=b"[" * 100_000)
+    assert (status, answer["error"]["code"]) == (400, "invalid_input")
+
+
+async def test_the_client_says_when_the_hub_is_unreachable(running: RunningServer) -> None:
+    async with HubClient("http://127.0.0.1:1") as hub:
+        with pytest.raises(HubUnavailableError):
+            await hub.workflows.graph("anything")
 
 
 async def test_the_workflow_schema_is_served(running: RunningServer) -> None:

@@ -73,9 +73,7 @@ def _status(status: str) -> str:
 
 
 def _problems(exc: InvalidDefinitionError) -> None:
-    problems = exc.details.get("problems")
-    if not isinstance(problems, list):
-        problems = [{"path": "", "step": None, "message": exc.message}]
+    problems = exc.details.get("problems") or [{"path": "", "message": exc.message}]
     err.print(f"[red]invalid[/red]: {len(problems)} problem(s)")
     for p in problems:
         where = p.get("path") or "/"
