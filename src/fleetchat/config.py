@@ -29,6 +29,7 @@ __all__ = [
     "ServerSettings",
     "StorageSettings",
     "TaskSettings",
+    "WorkflowSettings",
     "load_settings",
 ]
 
@@ -261,6 +262,17 @@ class TaskSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkflowSettings:
+    """The workflow engine."""
+
+    retention: float = 7 * 86_400.0
+    """Seconds a finished execution (and its events and channel) is kept. Default 7 days."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "retention")
+
+
+@dataclass(frozen=True, slots=True)
 class HubSettings:
     """Everything the hub reads at start. ``url`` picks the backend."""
 
@@ -276,6 +288,7 @@ class HubSettings:
     server: ServerSettings = field(default_factory=ServerSettings)
     tasks: TaskSettings = field(default_factory=TaskSettings)
     leases: LeaseSettings = field(default_factory=LeaseSettings)
+    workflows: WorkflowSettings = field(default_factory=WorkflowSettings)
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:

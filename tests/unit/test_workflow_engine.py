@@ -371,3 +371,21 @@ async def test_registration_versions_inputs_and_expression_errors(hub: Hub, flee
     )
     record = await run(hub, fleet, broken, {"a": 1, "b": 0})
     assert (record.status, record.output) == ("completed", "fleetchat.expression")
+
+
+async def test_finished_executions_are_dropped_after_the_retention() -> None:
+    from fleetchat import HubSettings
+    from fleetchat.config import WorkflowSettings
+
+    clock = FakeClock()
+    settings = HubSettings(url="memory://", workflows=WorkflowSettings(retention=30.0))
+    async with Hub(settings, clock=clock) as hub:
+        fleet = Fleet(hub, clock)
+        record = await run(hub, fleet, wf("quick", [{"id": "s", "type": "succeed", "output": 1}]))
+        assert record.status == "completed"
+        assert await hub.workflows.engine.sweep() == 0  # not old enough
+        await clock.advance(31)
+        assert await hub.workflows.engine.sweep() == 1
+        with pytest.raises(NotFoundError):
+            await hub.workflows.get(record.id)
+        assert hub.bus.channel(f"$wf.{record.id}") is None

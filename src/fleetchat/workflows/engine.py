@@ -46,6 +46,7 @@ ENGINE_MEMBER = "workflows.engine"
 """The member through which the engine watches channels that waits listen to."""
 _CHECK_INTERVAL = 5.0  # seconds between looks at running tasks and unknown executions
 _CAS_TRIES = 20
+_RETENTION_EVERY = 12  # checks: the retention sweep runs every minute
 
 
 def task_key(execution: str, key: str, attempt: int) -> str:
@@ -284,10 +285,14 @@ class WorkflowEngine:
 
     async def _check_loop(self) -> None:
         """A backstop: tasks that ended without the engine hearing it (a lost broadcast),
-        executions started on another node it did not hear of."""
+        executions started on another node it did not hear of; and retention."""
+        checks = 0
         while self._active:
             await self._clock.sleep(_CHECK_INTERVAL)
+            checks += 1
             try:
+                if checks % _RETENTION_EVERY == 0:
+                    await self.sweep()
                 for record in await self._service.store.load_executions(status="running"):
                     if record.id not in self.running:
                         await self.resume(record)
@@ -300,6 +305,17 @@ class WorkflowEngine:
                                 self.task_changed(task)
             except FleetchatError as exc:
                 log.warning("workflow check failed", extra={"error": exc.code})
+
+    async def sweep(self) -> int:
+        """Delete finished executions older than the retention; returns how many."""
+        horizon = self._clock.time() - self._service.retention
+        gone = 0
+        for status in ("completed", "failed", "cancelled", "error"):
+            for record in await self._service.store.load_executions(status=status):
+                if record.ended_at is not None and record.ended_at < horizon:
+                    await self._service.forget(record.id)
+                    gone += 1
+        return gone
 
     # -- effects ----------------------------------------------------------------------------
 

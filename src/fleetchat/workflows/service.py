@@ -76,6 +76,7 @@ class WorkflowService:
         self._definitions: dict[tuple[str, str], DefinitionRecord] = {}
         self._parsed: dict[str, tuple[Definition, Expressions]] = {}  # by content hash
         self._work: set[asyncio.Task[Any]] = set()
+        self.retention = hub.settings.workflows.retention
         self.engine = WorkflowEngine(self, clock)
         bus.on_broadcast(_BROADCAST, self._on_broadcast)
 
@@ -397,6 +398,12 @@ class WorkflowService:
         )
         if child.finished:  # it had ended before a crash: tell the parent again
             await self.engine.apply(parent, lambda i: i.child_finished(effect.key, child))
+
+    async def forget(self, execution_id: str) -> None:
+        """Drop a finished execution, its events and its channel (retention)."""
+        await self.store.delete_execution(execution_id)
+        with contextlib.suppress(FleetchatError):
+            await self._bus.delete_channel(execution_channel(execution_id))
 
     async def _open_channel(self, execution_id: str) -> None:
         now = self._clock.time()
