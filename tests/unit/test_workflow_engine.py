@@ -389,3 +389,34 @@ async def test_finished_executions_are_dropped_after_the_retention() -> None:
         with pytest.raises(NotFoundError):
             await hub.workflows.get(record.id)
         assert hub.bus.channel(f"$wf.{record.id}") is None
+
+
+async def test_step_and_execution_timeouts_and_a_fail_step(hub: Hub, fleet: Fleet) -> None:
+    await fleet.add("slow", {"think": 0.9}, lambda inp, a: "late")
+    fleet.hold.add("slow")
+    step_timeout = wf(
+        "step-timeout",
+        [
+            task(
+                "think",
+                "think",
+                timeout={"schedule_to_close": "5s", "start_to_close": "60s"},
+                catch=[{"errors": ["fleetchat.timeout"], "next": "give_up"}],
+            ),
+            {"id": "ok", "type": "succeed"},
+            {"id": "give_up", "type": "fail", "message": "no answer for ${input.who}"},
+        ],
+    )
+    record = await run(hub, fleet, step_timeout, {"who": "ana"})
+    assert record.status == "failed"
+    assert record.error is not None
+    assert (record.error["type"], record.error["message"]) == (
+        "fleetchat.failed",
+        "no answer for ana",
+    )
+    assert record.runs["think"].status == "failed"
+    whole = wf("whole", [{"id": "nap", "type": "wait", "duration": "1h"}], execution_timeout="4s")
+    timed_out = await run(hub, fleet, whole)
+    assert timed_out.status == "failed"
+    assert timed_out.error is not None
+    assert timed_out.error["type"] == "fleetchat.timeout"
