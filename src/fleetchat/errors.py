@@ -66,6 +66,15 @@ class InvalidInputError(FleetchatError, ValueError):
 
     code = "invalid_input"
 
+    def wire_details(self) -> dict[str, Any]:
+        """``details``, keeping ``problems`` (a workflow definition's or an input's) as the
+        list of ``{"path", "message", ...}`` dicts it is."""
+        details = super().wire_details()
+        problems = self.details.get("problems")
+        if isinstance(problems, list):
+            details["problems"] = problems
+        return details
+
 
 class InvalidIdError(InvalidInputError):
     """An agent id or channel name does not follow the naming rule."""
@@ -90,15 +99,6 @@ class InvalidDefinitionError(InvalidInputError):
     every problem found, each ``{"path": JSON Pointer, "step": step id or None, "message"}``."""
 
     code = "invalid_definition"
-
-    def wire_details(self) -> dict[str, Any]:
-        """``details``, keeping ``problems`` as the list of dicts it is."""
-        details = super().wire_details()
-        problems = self.details.get("problems")
-        if isinstance(problems, list):
-            details["problems"] = problems
-        return details
-
 
 class NotFoundError(FleetchatError, LookupError):
     """The named thing does not exist."""

@@ -35,7 +35,7 @@ def execution(exec_id: str = "x-1", **fields: object) -> ExecutionRecord:
         "content_hash": "abc",
         "input": {"order": 7},
         "threads": {"root": Thread(id="root", scope=[], step="a")},
-        "runs": {"a": StepRun(key="a", step="a", thread="root", task_id="t-1")},
+        "runs": {"a": StepRun(key="a", step="a", thread="root", agent="arm-1")},
         "created_at": 10.0,
     }
     base.update(fields)
@@ -59,7 +59,7 @@ async def test_an_execution_and_its_events_are_saved_together(store: Store) -> N
     assert await store.save_execution(execution(), 0, [event(1, "execution.started"), event(2)])
     loaded = await store.load_execution("x-1")
     assert loaded is not None
-    assert (loaded.version, loaded.input, loaded.runs["a"].task_id) == (1, {"order": 7}, "t-1")
+    assert (loaded.version, loaded.input, loaded.runs["a"].agent) == (1, {"order": 7}, "arm-1")
     assert loaded.threads["root"].step == "a"
     assert not await store.save_execution(execution(status="failed"), 0, [event(3)])
     assert not await store.save_execution(execution(status="failed"), 5, [event(3)])

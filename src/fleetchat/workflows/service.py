@@ -32,7 +32,7 @@ from fleetchat.workflows.graph import to_mermaid
 from fleetchat.workflows.interpreter import Interpreter, StartChild
 from fleetchat.workflows.model import AgentTaskStep, Definition
 from fleetchat.workflows.records import DefinitionRecord, ExecutionEvent, ExecutionRecord, StepRun
-from fleetchat.workflows.validate import parse_definition
+from fleetchat.workflows.validate import load_document, parse_definition
 
 if TYPE_CHECKING:
     from fleetchat.backends.ports import Bus, Store
@@ -115,7 +115,7 @@ class WorkflowService:
             ConflictError: (name, version) exists with other content.
         """
         definition = parse_definition(document, fmt=fmt)  # type: ignore[arg-type]
-        raw = document if isinstance(document, dict) else _load(document)
+        raw = document if isinstance(document, dict) else load_document(document, fmt=fmt)  # type: ignore[arg-type]
         record = DefinitionRecord(
             name=definition.name,
             version=definition.version,
@@ -331,11 +331,18 @@ class WorkflowService:
     # -- what the engine needs ----------------------------------------------------------------
 
     async def subscribe_engine(self) -> Subscription:
-        return await self._hub.subscribe(ENGINE_MEMBER)
+        """The engine's deliveries: it is a member of the channels its waits watch, without
+        an inbox of its own and without "joined" announcements."""
+        from fleetchat.chat.subscription import Subscription
+
+        return Subscription(self._bus, self._hub.requests, ENGINE_MEMBER, 256)
 
     async def watch_channel(self, channel: str) -> None:
         with contextlib.suppress(FleetchatError):
-            await self._channels.join(channel, ENGINE_MEMBER)
+            if self._bus.channel(channel) is None:
+                with contextlib.suppress(ConflictError):
+                    await self._channels.create(channel, announce=False)
+            await self._bus.add_member(channel, ENGINE_MEMBER)
 
     def channel_seq(self, channel: str) -> int:
         spec = self._bus.channel(channel)
@@ -441,10 +448,3 @@ class WorkflowService:
             await self._bus.publish([message], 5.0)
         except FleetchatError as exc:
             log.debug("execution event not posted", extra={"error": exc.code})
-
-
-def _load(document: str | bytes) -> dict[str, Any]:
-    import yaml
-
-    loaded = yaml.safe_load(document)
-    return loaded if isinstance(loaded, dict) else {}
