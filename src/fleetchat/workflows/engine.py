@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from fleetchat.errors import FleetchatError
+from fleetchat.errors import ConflictError, FleetchatError
 from fleetchat.workflows.interpreter import (
     CancelChild,
     CancelTask,
@@ -201,6 +201,9 @@ class WorkflowEngine:
 
     def _forget(self, execution_id: str) -> None:
         self.running.pop(execution_id, None)
+        lock = self._locks.get(execution_id)
+        if lock is not None and not lock.locked():
+            del self._locks[execution_id]
         timer = self._timers.pop(execution_id, None)
         if timer is not None:
             timer.cancel()
@@ -331,7 +334,8 @@ class WorkflowEngine:
                 elif isinstance(effect, StartChild):
                     await self._service.start_child(execution_id, effect)
                 elif isinstance(effect, CancelChild):
-                    await self._service.cancel(effect.child_id, "the parent stopped it")
+                    with contextlib.suppress(ConflictError):  # it had finished
+                        await self._service.cancel(effect.child_id, "the parent stopped it")
             except FleetchatError as exc:
                 log.warning(
                     "workflow effect failed",

@@ -268,7 +268,18 @@ class WorkflowService:
         return await self.store.load_execution_events(execution_id)
 
     async def cancel(self, execution_id: str, reason: str | None = None) -> ExecutionRecord:
-        """Cancel a running execution: its tasks, branches and child executions stop."""
+        """Cancel a running execution: its tasks, branches and child executions stop.
+
+        Raises:
+            NotFoundError: no such execution. ConflictError: it has finished already.
+        """
+        record = await self.get(execution_id)
+        if record.finished:
+            raise ConflictError(
+                f"execution {execution_id!r} is {record.status} already",
+                execution=execution_id,
+                status=record.status,
+            )
         return await self._change(execution_id, lambda i: i.cancel(reason or "cancelled"))
 
     async def redrive(self, execution_id: str) -> ExecutionRecord:
