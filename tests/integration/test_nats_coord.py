@@ -273,7 +273,8 @@ async def test_presence_lapses_after_ttl(nats_server: NatsServer) -> None:
         await assert_eventually(
             lambda: _equals(coord.presence(), {"arm-2": b"y"}), timeout=1.0, interval=0.02
         )
-        await assert_eventually(lambda: _equals(coord.presence(), {}), timeout=1.5, interval=0.02)
+        # JetStream drops expired keys on its own schedule: allow for a busy machine.
+        await assert_eventually(lambda: _equals(coord.presence(), {}), timeout=5.0, interval=0.05)
 
 
 async def _equals(got: Any, want: dict[str, bytes]) -> bool:
