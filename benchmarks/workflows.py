@@ -14,9 +14,9 @@ The hub and its ``HubServer`` (port 0) run in this process; the agents run in a 
 process (benchmarks/task_agents.py ``fleet``: ``FLEET_AGENTS`` SDK agents over WebSocket, each
 of capacity ``FLEET_CAPACITY``, so 1,008 slots under the default 0.8 load threshold: no task
 waits for a free agent; their handlers return at once). So this process's CPU is the hub's (with
-its server), plus the starts and a poll of two in-memory counters every 5 ms. Two workflows, ``EXECUTIONS`` (1,000; 300 with
-``--quick``) executions each, all started at once by ``STARTERS`` (64) coroutines awaiting
-``hub.workflows.start``, after a warm-up of 20:
+its server), plus the starts and a poll of two in-memory counters every 5 ms. Two workflows,
+``EXECUTIONS`` (1,000; 300 with ``--quick``) executions each, all started at once by
+``STARTERS`` (64) coroutines awaiting ``hub.workflows.start``, after a warm-up of 20:
 
 * ``mix``: 10 steps: 4 ``agent_task`` (capability ``work``), 3 ``set``, 1 ``condition``,
   1 ``wait`` of 0 s (a timer) and 1 ``succeed``.
