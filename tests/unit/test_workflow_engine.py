@@ -4,13 +4,14 @@ catch, timeouts, parallel joins, waits, map, sub-workflows, cancel and redrive."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
 from fleetchat import Hub
-from fleetchat.errors import ConflictError, InvalidInputError, NotFoundError
+from fleetchat.errors import ConflictError, InvalidInputError, NotFoundError, TaskNotHeldError
 from fleetchat.testing import FakeClock
 from fleetchat.workflows.records import ExecutionRecord
 
@@ -55,15 +56,20 @@ class Fleet:
                 self.seen.setdefault(agent, []).append(
                     (payload, body["payload"]["workflow"]["attempt"])
                 )
-                await self.hub.tasks.start(task, agent, attempt)
+                try:
+                    await self.hub.tasks.start(task, agent, attempt)
+                except TaskNotHeldError:
+                    continue  # cancelled before it was taken (a join that no longer needs it)
                 if agent in self.hold:
                     continue
                 try:
                     result = self.behaviour[agent](payload, body["payload"]["workflow"]["attempt"])
                 except Exception as exc:
-                    await self.hub.tasks.fail(task, agent, attempt, str(exc))
+                    report = self.hub.tasks.fail(task, agent, attempt, str(exc))
                 else:
-                    await self.hub.tasks.complete(task, agent, attempt, result)
+                    report = self.hub.tasks.complete(task, agent, attempt, result)
+                with contextlib.suppress(TaskNotHeldError):  # cancelled while it ran
+                    await report
             await batch.ack()
 
     def beat(self) -> None:
@@ -420,3 +426,123 @@ async def test_step_and_execution_timeouts_and_a_fail_step(hub: Hub, fleet: Flee
     assert timed_out.status == "failed"
     assert timed_out.error is not None
     assert timed_out.error["type"] == "fleetchat.timeout"
+
+
+async def test_loops_guards_named_agents_joins_of_n_and_tolerated_map_failures(
+    hub: Hub, fleet: Fleet
+) -> None:
+    await fleet.add("arm-7", {"weld": 0.9}, lambda inp, a: inp)
+    await fleet.add("flaky", {"check": 0.9}, lambda inp, a: 1 / 0 if inp == 2 else inp)
+    loop = wf(
+        "loop",
+        [
+            {"id": "count", "type": "set", "values": {"n": "${has(vars.n) ? vars.n + 1 : 1}"}},
+            {
+                "id": "again",
+                "type": "condition",
+                "cases": [{"when": "vars.n < 10", "next": "count"}],
+                "default": "out",
+                "max_visits": 3,
+            },
+            {"id": "out", "type": "succeed"},
+        ],
+    )
+    looped = await run(hub, fleet, loop)
+    assert looped.status == "failed"
+    assert looped.error is not None
+    assert looped.error["type"] == "fleetchat.loop_limit"
+    named = wf(
+        "named",
+        [{"id": "w", "type": "agent_task", "agent": {"id": "${input.who}"}, "input": "seam"}],
+    )
+    done = await run(hub, fleet, named, {"who": "arm-7"})
+    assert (done.status, done.output) == ("completed", "seam")
+    assert done.runs["w"].agent == "arm-7"
+    first_of_three = wf(
+        "first",
+        [
+            {
+                "id": "race",
+                "type": "parallel",
+                "join": 1,
+                "branches": {
+                    "a": [task("race_a", "check", 1)],
+                    "b": [task("race_b", "check", 2)],
+                    "c": [{"id": "race_c", "type": "wait", "duration": "1h"}],
+                },
+            }
+        ],
+    )
+    raced = await run(hub, fleet, first_of_three)
+    assert (raced.status, raced.output) == ("completed", {"a": 1})
+    assert raced.runs["race_c"].status == "cancelled"
+    tolerant_map = wf(
+        "tolerant",
+        [
+            {
+                "id": "each",
+                "type": "map",
+                "items": "input.items",
+                "tolerated_failures": "50%",
+                "steps": [task("one", "check", "${item}")],
+            }
+        ],
+    )
+    mapped = await run(hub, fleet, tolerant_map, {"items": [1, 2, 3]})
+    assert (mapped.status, mapped.output) == ("completed", [1, None, 3])
+    not_a_list = wf(
+        "notalist",
+        [
+            {
+                "id": "each",
+                "type": "map",
+                "items": "input.items",
+                "steps": [task("two", "check", "${item}")],
+                "catch": [{"errors": ["fleetchat.expression"], "next": "bad"}],
+            },
+            {"id": "good", "type": "succeed"},
+            {"id": "bad", "type": "succeed", "output": "${error.type}"},
+        ],
+    )
+    caught = await run(hub, fleet, not_a_list, {"items": "abc"})
+    assert (caught.status, caught.output) == ("completed", "fleetchat.expression")
+
+
+async def test_a_failing_child_fails_its_step_and_a_wait_until_a_time(
+    hub: Hub, fleet: Fleet, clock: FakeClock
+) -> None:
+    await hub.workflows.register(
+        wf("broken-child", [{"id": "no", "type": "fail", "message": "child says no"}])
+    )
+    parent = wf(
+        "parent-of-broken",
+        [
+            {
+                "id": "sub",
+                "type": "sub_workflow",
+                "workflow": "broken-child@latest",
+                "retry": {"max_attempts": 1},
+            },
+        ],
+    )
+    failed = await run(hub, fleet, parent)
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert (failed.error["step"], failed.error["message"]) == ("sub", "child says no")
+    until = wf(
+        "until",
+        [
+            {"id": "hold", "type": "wait", "until": "input.at"},
+            {"id": "go", "type": "succeed", "output": "released"},
+        ],
+    )
+    await hub.workflows.register(until)
+    import datetime as dt
+
+    at = dt.datetime.fromtimestamp(clock.time() + 20, dt.UTC).isoformat()
+    execution = await hub.workflows.start("until", {"at": at})
+    await fleet.advance(10)
+    assert (await hub.workflows.get(execution.id)).status == "running"
+    await fleet.advance(11)
+    done = await hub.workflows.get(execution.id)
+    assert (done.status, done.output) == ("completed", "released")

@@ -72,6 +72,7 @@ class Scheduler:
         self._events: EventStream | None = None
         self._running = False
         self._kicked = False
+        self._passing = False
         self.passes = 0
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -197,7 +198,7 @@ class Scheduler:
         last = new.attempts[-1] if new.attempts else None
         if agent is None or last is None:
             return
-        if new.state == "cancelled" or last.outcome in ("preempted", "start_to_close", "heartbeat"):
+        if new.state == "cancelled" or last.outcome in ("start_to_close", "heartbeat"):
             notice = {"action": "cancel", "task": new.id, "attempt": old.attempt}
             notice["reason"] = new.reason or last.outcome or "cancelled"
             # Ahead of anything else queued for the agent: it should stop at once.
@@ -307,13 +308,24 @@ class Scheduler:
     # -- allocation -----------------------------------------------------------------------
 
     def kick(self) -> None:
-        """Run a pass over the queue soon (once, however many kicks come first)."""
-        if self._running and not self._kicked:
-            self._kicked = True
-            asyncio.get_running_loop().call_soon(self._spawn, self._pass())
+        """Run a pass over the queue soon (once, however many kicks come first). One pass
+        runs at a time: a kick during a pass makes one more pass after it, on a fresh view."""
+        if not self._running or self._kicked:
+            return
+        self._kicked = True
+        if not self._passing:
+            asyncio.get_running_loop().call_soon(self._spawn, self._passes())
+
+    async def _passes(self) -> None:
+        self._passing = True
+        try:
+            while self._kicked and self._running:
+                self._kicked = False
+                await self._pass()
+        finally:
+            self._passing = False
 
     async def _pass(self) -> None:
-        self._kicked = False
         self.passes += 1
         now = self._clock.time()
         queued = sorted(
@@ -338,6 +350,9 @@ class Scheduler:
         for task in queued:
             if not free and not (self.settings.preemption and task.priority == Priority.CRITICAL):
                 break
+            current = self._view.get(task.id)
+            if current is None or current.version != task.version:
+                continue  # changed during this pass (an offer waited for its commit)
             if task.mode == "auction" and task.agent_id is None and not task.auctions:
                 await self._open_auction(task, agents, load)
                 continue
@@ -501,7 +516,12 @@ class Scheduler:
             return lifecycle.fail_attempt(t, "preempted", f"for critical task {task.id}", now, 0)
 
         with contextlib.suppress(FleetchatError):
-            await self._service.change(victim.id, fn)
+            moved = await self._service.change(victim.id, fn)
+            if moved.state == "queued" and victim.holder is not None:
+                # The holder hears it must stop before the critical task is offered to it.
+                notice = {"action": "cancel", "task": victim.id, "attempt": victim.attempt}
+                notice["reason"] = "preempted"
+                await self._notify("@" + victim.holder, notice, Priority.CRITICAL)
 
 
 def _load(agent: AgentInfo, load: dict[str, int]) -> float:

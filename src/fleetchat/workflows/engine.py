@@ -126,10 +126,13 @@ class WorkflowEngine:
         with what its tasks did meanwhile."""
         if not self._active or record.finished:
             return
-        self.running[record.id] = record
         if not record.threads:
+            # New (or so this copy says): start it from a fresh read; start is a no-op on
+            # an execution that has threads already.
+            self.running.pop(record.id, None)
             await self.apply(record.id, lambda i: i.start())
             return
+        self.running[record.id] = record
         self._rearm(record)
         definition = await self._service.definition_for(record)
         for run in list(record.runs.values()):

@@ -119,6 +119,8 @@ class Interpreter:
     # -- what happened ----------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.r.threads:
+            return  # started already (a resume that read an old copy)
         self._event("execution.started", data={"input": self.r.input})
         self.r.threads["root"] = Thread(id="root", scope=[], step=self.d.start)
         self._advance()
