@@ -100,6 +100,7 @@ class InvalidDefinitionError(InvalidInputError):
 
     code = "invalid_definition"
 
+
 class NotFoundError(FleetchatError, LookupError):
     """The named thing does not exist."""
 
