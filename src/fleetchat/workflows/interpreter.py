@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetchat.workflows.expressions import ExpressionError, Expressions
+from fleetchat.workflows.joins import Joins, error
 from fleetchat.workflows.model import (
     AgentTaskStep,
     ConditionStep,
@@ -80,12 +81,6 @@ class CancelChild:
 Effect = SubmitTask | CancelTask | StartChild | CancelChild
 
 
-def error(
-    kind: str, message: str, step: str | None = None, attempt: int | None = None
-) -> dict[str, Any]:
-    return {"type": kind, "message": message, "step": step, "attempt": attempt}
-
-
 def task_error(state: str, outcome: str | None, reason: str | None) -> tuple[str, str]:
     """The workflow error type (and message) for a task that ended without a result."""
     if state == "timed_out":
@@ -101,7 +96,7 @@ def task_error(state: str, outcome: str | None, reason: str | None) -> tuple[str
     return kinds.get(outcome or "", "fleetchat.agent_error"), reason or outcome or "failed"
 
 
-class Interpreter:
+class Interpreter(Joins):
     """Changes ``record`` in place; read ``events`` and ``effects`` after each call."""
 
     def __init__(
@@ -366,32 +361,6 @@ class Interpreter:
         if limit is not None and run.timer is None and run.status == "running":
             run.timer, run.timer_at = "timeout", run.started_at + limit
 
-    def _spawn(
-        self, run: StepRun, thread: Thread, scope: list[str], first: str, **more: Any
-    ) -> Thread:
-        tid = f"{run.key}/{more.get('branch') if 'branch' in more else more.get('index')}"
-        child = Thread(
-            id=tid,
-            scope=scope,
-            step=first,
-            suffix=thread.suffix + (f"#{more['index']}" if "index" in more else ""),
-            parent=run.key,
-            **more,
-        )
-        self.r.threads[tid] = child
-        run.children = [*run.children, tid]
-        return child
-
-    def _fill_map(self, step: MapStep, run: StepRun, thread: Thread) -> None:
-        items = run.items or []
-        running = sum(1 for t in run.children if self.r.threads[t].status == "active")
-        limit = step.max_concurrency or len(items)
-        while run.next_item < len(items) and running < limit:
-            i = run.next_item
-            self._spawn(run, thread, [step.id], step.steps[0].id, index=i, item=items[i])
-            run.next_item += 1
-            running += 1
-
     def _goto(self, thread: Thread, target: str | None) -> None:
         if target is None:
             steps = self._scope(thread)
@@ -501,68 +470,6 @@ class Interpreter:
         run = self.r.runs.get(thread.last) if thread.last else None
         return run.output if run is not None else None
 
-    def _child_thread_ended(self, thread: Thread) -> None:
-        assert thread.parent is not None
-        run = self.r.runs[thread.parent]
-        if run.status not in ("running", "waiting"):
-            return
-        step = self._step(run.step)
-        run.finished = {**run.finished, thread.id: thread.status}
-        children = [self.r.threads[t] for t in run.children]
-        done = [t for t in children if t.status == "completed"]
-        failed = [t for t in children if t.status == "failed"]
-        if isinstance(step, ParallelStep):
-            total = len(step.branches)
-            remaining = total - len(done) - len(failed)
-            if step.join == "all":
-                ok = remaining == 0 and len(failed) <= _tolerated(step.tolerated_failures, total)
-                lost = len(failed) > _tolerated(step.tolerated_failures, total)
-            elif step.join == "any":
-                ok, lost = bool(done), not done and remaining == 0
-            else:
-                ok, lost = len(done) >= int(step.join), len(done) + remaining < int(step.join)
-            if ok:
-                output = {t.branch: self._thread_output(t) for t in done}
-                self._end_parent(run, children, output)
-            elif lost and (step.fail_fast or remaining == 0):
-                self._end_parent(run, children, None, failed=failed)
-        else:
-            assert isinstance(step, MapStep)
-            items = run.items or []
-            tolerated = _tolerated(step.tolerated_failures, len(items))
-            if len(failed) > tolerated:
-                self._end_parent(run, children, None, failed=failed)
-                return
-            parent_thread = self.r.threads[run.thread]
-            self._fill_map(step, run, parent_thread)
-            children = [self.r.threads[t] for t in run.children]
-            if len(children) == len(items) and all(t.status != "active" for t in children):
-                by_index = sorted(children, key=lambda t: t.index or 0)
-                outputs = [
-                    self._thread_output(t) if t.status == "completed" else None for t in by_index
-                ]
-                self._end_parent(run, children, outputs)
-
-    def _end_parent(
-        self,
-        run: StepRun,
-        children: list[Thread],
-        output: Any,
-        *,
-        failed: list[Thread] | None = None,
-    ) -> None:
-        for t in children:
-            if t.status == "active":
-                self._stop_thread(t, "no longer needed")
-        if failed:
-            first = failed[0].error or {}
-            message = f"{len(failed)} branch(es) failed; first: {first.get('message', '')}"
-            err = error("fleetchat.branch_failed", message, run.step)
-            err["errors"] = [t.error for t in failed]
-            self._failed(run, err, retry=False)
-        else:
-            self._complete(run, output)
-
     def _finish(
         self, status: str, *, output: Any = None, error: dict[str, Any] | None = None
     ) -> None:
@@ -613,9 +520,3 @@ class Interpreter:
                 data=data,
             )
         )
-
-
-def _tolerated(value: int | str, total: int) -> int:
-    if isinstance(value, str) and value.endswith("%"):
-        return int(total * float(value[:-1]) / 100)
-    return int(value)
