@@ -546,3 +546,50 @@ async def test_a_failing_child_fails_its_step_and_a_wait_until_a_time(
     await fleet.advance(11)
     done = await hub.workflows.get(execution.id)
     assert (done.status, done.output) == ("completed", "released")
+
+
+async def test_the_engine_catches_up_with_what_happened_while_it_was_stopped(
+    hub: Hub, fleet: Fleet, clock: FakeClock
+) -> None:
+    await fleet.add("arm", {"weld": 0.9}, lambda inp, a: f"{inp} welded")
+    fleet.hold.add("arm")  # takes the task, does not answer
+    await hub.workflows.register(wf("catchup", [task("w", "weld", "seam")]))
+    execution = await hub.workflows.start("catchup")
+    await fleet.advance(1)
+    (held,) = await hub.tasks.list()
+    assert held.state == "running"
+    engine = hub.workflows.engine
+    await engine.stop()  # as if leadership moved away
+    await hub.tasks.complete(held.id, "arm", held.attempt, "seam welded")
+    late = await hub.workflows.start("catchup")  # started while no engine runs
+    await engine.start()  # resumes both: the first finds its task done
+    await fleet.advance(1)
+    done = await hub.workflows.get(execution.id)
+    assert (done.status, done.output) == ("completed", "seam welded")
+    assert (await hub.workflows.get(late.id)).runs["w"].status == "running"
+    # A task result the engine never heard of (its watcher gone) is found by the 5 s check.
+    hub.tasks.watchers.clear()
+    (second,) = [t for t in await hub.tasks.list() if t.state == "running"]
+    await hub.tasks.complete(second.id, "arm", second.attempt, "late seam")
+    await fleet.advance(6)
+    assert (await hub.workflows.get(late.id)).status == "completed"
+
+
+async def test_a_sub_workflow_that_does_not_exist_fails_the_step(hub: Hub, fleet: Fleet) -> None:
+    parent = wf(
+        "orphan",
+        [
+            {
+                "id": "sub",
+                "type": "sub_workflow",
+                "workflow": "nowhere@1.0.0",
+                "retry": {"max_attempts": 1},
+                "catch": [{"errors": ["fleetchat.validation"], "next": "lost"}],
+            },
+            {"id": "found", "type": "succeed"},
+            {"id": "lost", "type": "succeed", "output": "${error.message}"},
+        ],
+    )
+    record = await run(hub, fleet, parent)
+    assert record.status == "completed"
+    assert "nowhere" in record.output
