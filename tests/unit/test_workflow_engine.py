@@ -157,6 +157,7 @@ async def test_tasks_set_and_condition_run_in_order_to_success(hub: Hub, fleet: 
     assert events[-1] == "execution.completed"
     assert events.count("step.completed") == 5
     assert fleet.seen["picker"] == [({"bin": 7}, 1)]
+    assert (record.runs["pick"].agent, record.runs["pack"].agent) == ("picker", "packer")
 
 
 async def test_a_failed_attempt_is_retried_then_caught(hub: Hub, fleet: Fleet) -> None:

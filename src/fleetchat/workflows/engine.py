@@ -227,7 +227,8 @@ class WorkflowEngine:
             if run is not None and run.attempt == attempt:
                 outcome = last.outcome if last else None
                 reason = task.error or (last.reason if last else None) or task.reason
-                i.task_finished(key, task.state, task.result, outcome, reason)
+                agent = last.agent if last else None
+                i.task_finished(key, task.state, task.result, outcome, reason, agent)
 
         self._spawn(self.apply(execution, fn))
 

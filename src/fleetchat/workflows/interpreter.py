@@ -121,11 +121,18 @@ class Interpreter(Joins):
         self._advance()
 
     def task_finished(
-        self, key: str, state: str, result: Any, outcome: str | None, reason: str | None
+        self,
+        key: str,
+        state: str,
+        result: Any,
+        outcome: str | None,
+        reason: str | None,
+        agent: str | None = None,
     ) -> None:
         run = self.r.runs.get(key)
         if run is None or run.status not in ("running", "waiting") or self.r.finished:
             return
+        run.agent = agent or run.agent  # who did it (a capability-routed step too)
         if state == "succeeded":
             self._complete(run, result)
         else:

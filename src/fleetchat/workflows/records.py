@@ -54,7 +54,7 @@ class StepRun(msgspec.Struct, kw_only=True, omit_defaults=True):
     output: Any = None
     error: dict[str, Any] | None = None
     agent: str | None = None
-    """agent_task with a named agent: the agent's id (rendered)."""
+    """agent_task: the agent that ran it (or, for a named agent, that will)."""
     channel: str | None = None
     """wait.message: the channel watched (rendered)."""
     child: str | None = None
