@@ -20,26 +20,23 @@ from jsonschema import Draft202012Validator
 
 from fleetchat.errors import (
     ConflictError,
-    FleetchatError,
     InvalidInputError,
     NotFoundError,
 )
-from fleetchat.models import Channel, Message
-from fleetchat.types import Priority, new_id
-from fleetchat.workflows.engine import ENGINE_MEMBER, WorkflowEngine
+from fleetchat.types import new_id
+from fleetchat.workflows.engine import WorkflowEngine
 from fleetchat.workflows.expressions import Expressions, compile_all
+from fleetchat.workflows.glue import EngineGlue, execution_channel
 from fleetchat.workflows.graph import to_mermaid
-from fleetchat.workflows.interpreter import Interpreter, StartChild
-from fleetchat.workflows.model import AgentTaskStep, Definition
-from fleetchat.workflows.records import DefinitionRecord, ExecutionEvent, ExecutionRecord, StepRun
+from fleetchat.workflows.interpreter import Interpreter
+from fleetchat.workflows.model import Definition
+from fleetchat.workflows.records import DefinitionRecord, ExecutionEvent, ExecutionRecord
 from fleetchat.workflows.validate import load_document, parse_definition
 
 if TYPE_CHECKING:
     from fleetchat.backends.ports import Bus, Store
     from fleetchat.chat.channels import ChannelRegistry
-    from fleetchat.chat.subscription import Subscription
     from fleetchat.hub import Hub
-    from fleetchat.tasks.records import TaskRecord
     from fleetchat.types import Clock
 
 __all__ = ["WorkflowService", "execution_channel"]
@@ -50,11 +47,6 @@ _BROADCAST = "workflows"
 _SEMVER = re.compile(r"(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?")
 
 
-def execution_channel(execution_id: str) -> str:
-    """The channel where an execution's events are published (``$wf.<id>``)."""
-    return f"$wf.{execution_id}"
-
-
 def _semver_key(version: str) -> tuple[int, int, int, int, str]:
     m = _SEMVER.match(version)
     if m is None:
@@ -63,7 +55,7 @@ def _semver_key(version: str) -> tuple[int, int, int, int, str]:
     return (int(major), int(minor), int(patch), 0 if pre else 1, pre or "")
 
 
-class WorkflowService:
+class WorkflowService(EngineGlue):
     """Built and owned by the Hub."""
 
     def __init__(self, hub: Hub, store: Store, bus: Bus, clock: Clock) -> None:
@@ -338,124 +330,3 @@ class WorkflowService:
         if record is not None:
             self.engine.running.pop(execution_id, None)
             await self.engine.resume(record)
-
-    # -- what the engine needs ----------------------------------------------------------------
-
-    async def subscribe_engine(self) -> Subscription:
-        """The engine's deliveries: it is a member of the channels its waits watch, without
-        an inbox of its own and without "joined" announcements."""
-        from fleetchat.chat.subscription import Subscription
-
-        return Subscription(self._bus, self._hub.requests, ENGINE_MEMBER, 256)
-
-    async def watch_channel(self, channel: str) -> None:
-        with contextlib.suppress(FleetchatError):
-            if self._bus.channel(channel) is None:
-                with contextlib.suppress(ConflictError):
-                    await self._channels.create(channel, announce=False)
-            await self._bus.add_member(channel, ENGINE_MEMBER)
-
-    def channel_seq(self, channel: str) -> int:
-        spec = self._bus.channel(channel)
-        return spec.last_seq if spec is not None else 0
-
-    def _task_changed(self, task: TaskRecord) -> None:
-        self.engine.task_changed(task)
-
-    def _task_changed_elsewhere(self, task_id: str, version: int) -> None:
-        if self.engine.active:
-            self._spawn(self._reload_task(task_id))
-
-    async def _reload_task(self, task_id: str) -> None:
-        task = await self.tasks.find(task_id)
-        if task is not None:
-            self.engine.task_changed(task)
-
-    async def submit_task(
-        self, key: str, step: AgentTaskStep, run: StepRun, execution: ExecutionRecord
-    ) -> TaskRecord:
-        t = step.timeout
-        payload = {
-            "input": run.input,
-            "workflow": {
-                "execution": execution.id,
-                "workflow": execution.workflow,
-                "step": run.step,
-                "attempt": run.attempt,
-            },
-        }
-        return await self.tasks.submit(
-            step.agent.capabilities,
-            payload=payload,
-            priority=step.priority,
-            idempotency_key=key,
-            mode="auction" if step.agent.auction else None,
-            agent_id=run.agent,
-            schedule_to_start=t.schedule_to_start if t else None,
-            start_to_close=t.start_to_close if t and t.start_to_close else None,
-            heartbeat=t.heartbeat if t else None,
-            max_retries=0,  # the step's own retry policy decides
-            submitted_by=f"workflow:{execution.id}",
-            must_be_satisfiable=False,  # agents may register later: the task waits
-        )
-
-    async def cancel_task(self, key: str, reason: str) -> None:
-        task = await self.tasks.find_by_key(key)
-        if task is not None and not task.terminal:
-            with contextlib.suppress(ConflictError):
-                await self.tasks.cancel(task.id, reason)
-
-    async def start_child(self, parent: str, effect: StartChild) -> None:
-        name, _, version = effect.workflow.partition("@")
-        child = await self.start(
-            name,
-            effect.input,
-            version=version or "latest",
-            execution_id=effect.child_id,
-            parent=f"{parent}/{effect.key}",
-        )
-        if child.finished:  # it had ended before a crash: tell the parent again
-            await self.engine.apply(parent, lambda i: i.child_finished(effect.key, child))
-
-    async def forget(self, execution_id: str) -> None:
-        """Drop a finished execution, its events and its channel (retention)."""
-        await self.store.delete_execution(execution_id)
-        with contextlib.suppress(FleetchatError):
-            await self._bus.delete_channel(execution_channel(execution_id))
-
-    async def _open_channel(self, execution_id: str) -> None:
-        now = self._clock.time()
-        spec = Channel(
-            name=execution_channel(execution_id),
-            type="system",
-            announce=False,
-            writers=[],
-            created_at=now,
-            last_activity_at=now,
-        )
-        with contextlib.suppress(FleetchatError):
-            await self._bus.create_channel(spec)
-
-    def published(self, record: ExecutionRecord, events: builtins.list[ExecutionEvent]) -> None:
-        """Post a saved change's events on the execution's channel (one message)."""
-        body = {
-            "execution": record.id,
-            "status": record.status,
-            "events": [msgspec.to_builtins(e) for e in events],
-        }
-        message = Message(
-            id=new_id(),
-            channel=execution_channel(record.id),
-            sender="$hub",
-            kind="system",
-            body=body,
-            priority=Priority.NORMAL,
-            created_at=self._clock.time(),
-        )
-        self._spawn(self._post(message))
-
-    async def _post(self, message: Message) -> None:
-        try:
-            await self._bus.publish([message], 5.0)
-        except FleetchatError as exc:
-            log.debug("execution event not posted", extra={"error": exc.code})
