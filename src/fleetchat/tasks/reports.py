@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AgentReports"]
 
-Change = Callable[[TaskRecord], tuple[TaskRecord, TaskEvent | None]]
+Events = TaskEvent | list[TaskEvent] | None
+Change = Callable[[TaskRecord], tuple[TaskRecord, Events]]
 
 
 class AgentReports:
@@ -55,12 +56,18 @@ class AgentReports:
         return await self.change(task_id, fn)
 
     async def start(self, task_id: str, agent: str, attempt: int | None = None) -> TaskRecord:
+        """The holder starts working; from ``offered`` this accepts it too, in one save with
+        both transitions recorded."""
         now = self._clock.time()
 
-        task = await self.get(task_id)
-        if task.state == "offered" and task.holder == agent:  # start implies accept
-            await self.accept(task_id, agent, attempt)
-        return await self.change(task_id, lambda t: lifecycle.start(t, agent, attempt, now))
+        def fn(t: TaskRecord) -> tuple[TaskRecord, Events]:
+            if t.state == "offered" and t.holder == agent:
+                accepted, first = lifecycle.accept(t, agent, attempt, now)
+                running, second = lifecycle.start(accepted, agent, attempt, now)
+                return running, [first, second]
+            return lifecycle.start(t, agent, attempt, now)
+
+        return await self.change(task_id, fn)
 
     async def progress(
         self, task_id: str, agent: str, attempt: int | None = None, value: float | None = None

@@ -47,7 +47,8 @@ _BROADCAST = "tasks"
 _encode = msgspec.json.Encoder().encode
 _CAS_TRIES = 50
 
-Change = Callable[[TaskRecord], tuple[TaskRecord, TaskEvent | None]]
+Events = TaskEvent | list[TaskEvent] | None
+Change = Callable[[TaskRecord], tuple[TaskRecord, Events]]
 
 
 def _seconds(value: object, field: str, *, optional: bool) -> float | None:
@@ -278,9 +279,9 @@ class TaskService(AgentReports):
                 return new
         raise ConflictError(f"task {task_id!r} keeps changing; try again", task=task_id)
 
-    def _saved(self, task: TaskRecord, event: TaskEvent | None) -> None:
-        if event is not None:
-            self.publish_event(event)
+    def _saved(self, task: TaskRecord, event: Events) -> None:
+        for each in event if isinstance(event, list) else [event] if event else []:
+            self.publish_event(each)
         for watcher in self.watchers:
             watcher(task)
         if self.on_change is not None:
