@@ -443,6 +443,56 @@ def lookup(figures: dict[str, Any], key: str) -> float | None:
     return None if value is None else float(value)
 
 
+def targets_met(
+    figures: dict[str, Any], targets: list[tuple[str, str, float, str]]
+) -> list[dict[str, Any]]:
+    """Each ``(key, op, bound, label)`` of ``targets`` (``op`` ``>=`` or ``<``) checked against
+    ``figures``; targets whose figure was not measured are left out. For the task and workflow
+    benchmarks."""
+    out = []
+    for key, op, bound, label in targets:
+        value = lookup(figures, key)
+        if value is None:
+            continue
+        met = value >= bound if op == ">=" else value < bound
+        out.append(
+            {"target": label, "key": key, "value": value, "op": op, "bound": bound, "met": met}
+        )
+    return out
+
+
+def print_report(
+    title: str,
+    rows: list[tuple[str, str, str]],
+    targets: list[dict[str, Any]],
+    *,
+    to_stderr: bool,
+    width: int = 120,
+) -> None:
+    """The figures table and the targets table (stderr when stdout carries the JSON)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=sys.stderr if to_stderr else sys.stdout, width=width)
+    table = Table(title=title)
+    for col in ("benchmark", "figure", "also"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    tt = Table(title="targets (from the issue)")
+    for col in ("target", "measured", "bound", "result"):
+        tt.add_column(col)
+    for t in targets:
+        tt.add_row(
+            t["target"],
+            fmt(t["value"]),
+            f"{t['op']} {fmt(t['bound'])}",
+            "[green]PASS[/]" if t["met"] else "[red]MISS[/]",
+        )
+    console.print(tt)
+
+
 def check_targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for key, op, bound, label in TARGETS:

@@ -59,7 +59,7 @@ from fleetchat.tasks.batch import free_slots, optimal_total
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import tasks_e2e
-from core import _git, _loadavg, fmt, log, machine
+from core import _git, _loadavg, fmt, log, machine, print_report, targets_met
 
 POLICY = AllocationPolicy()
 
@@ -243,20 +243,6 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], None]] = {
 # -- report ------------------------------------------------------------------------------------
 
 
-def check_targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for key, op, bound, label in TARGETS:
-        section, _, field = key.rpartition(".")
-        if section not in figures:
-            continue
-        value = float(figures[section][field])
-        met = value >= bound if op == ">=" else value < bound
-        out.append(
-            {"target": label, "key": key, "value": value, "op": op, "bound": bound, "met": met}
-        )
-    return out
-
-
 def rows(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
     out = []
     if f := figures.get("decide"):
@@ -292,33 +278,6 @@ def rows(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
     return out
 
 
-def render(
-    figures: dict[str, Any], targets: list[dict[str, Any]], args: argparse.Namespace
-) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    mode = "quick" if args.quick else "full"
-    console = Console(file=sys.stderr if args.json else sys.stdout, width=120)
-    table = Table(title=f"fleetchat task benchmarks ({mode}, median of {args.runs}, {_git()})")
-    for col in ("benchmark", "figure", "also"):
-        table.add_column(col)
-    for row in rows(figures):
-        table.add_row(*row)
-    console.print(table)
-    tt = Table(title="targets (from the issue)")
-    for col in ("target", "measured", "bound", "result"):
-        tt.add_column(col)
-    for t in targets:
-        tt.add_row(
-            t["target"],
-            fmt(t["value"]),
-            f"{t['op']} {fmt(t['bound'])}",
-            "[green]PASS[/]" if t["met"] else "[red]MISS[/]",
-        )
-    console.print(tt)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs; about 45 s in all")
@@ -339,8 +298,10 @@ def main() -> None:
     for name, section in SECTIONS.items():
         if not args.only or name in args.only:
             section(args, figures)
-    targets = check_targets(figures)
-    render(figures, targets, args)
+    targets = targets_met(figures, TARGETS)
+    mode = "quick" if args.quick else "full"
+    title = f"fleetchat task benchmarks ({mode}, median of {args.runs}, {_git()})"
+    print_report(title, rows(figures), targets, to_stderr=args.json, width=120)
     wall = time.perf_counter() - started
     log(f"done in {wall:.1f} s; load average before {load_before}, after {_loadavg()}")
     if args.json:
