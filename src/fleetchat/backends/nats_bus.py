@@ -248,15 +248,8 @@ class NatsBus(NatsChannels, NatsDelivery, NatsAttach, Consuming):
     async def _on_ephemeral(self, msg: Msg) -> None:
         m = _decode_message(msg.data)
         rank = PRIORITY_RANK[m.priority]
-        for member_id in self._channel_members.get(m.channel, ()):
-            member = self._members.get(member_id)
-            if (
-                isinstance(member, NatsMemberState)
-                and member.ready
-                and member_id != m.sender
-                and m.channel in member.cursors
-                and member.room > 0
-            ):
+        for member, _ in self._local.get(m.channel, ()):  # connected here, in the channel
+            if member.ready and member.id != m.sender and member.room > 0:
                 member.push(rank, m)
 
     def send_transient(self, message: Message, members: Sequence[str]) -> int:

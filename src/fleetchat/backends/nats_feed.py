@@ -21,48 +21,33 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from fleetchat.backends.local_member import Cursor, MemberState
+from fleetchat.backends.local_member import MemberState
 from fleetchat.backends.nats_layout import Layout
 from fleetchat.backends.nats_member import GapCursor, NatsMemberState
-from fleetchat.backends.ports import CursorRecord
-from fleetchat.config import ChatSettings
 from fleetchat.models import Channel, Message
-from fleetchat.types import PRIORITY_RANK, Clock
+from fleetchat.types import PRIORITY_RANK
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
     from nats.aio.msg import Msg
-    from nats.js.kv import KeyValue
 
 __all__ = ["NatsDelivery"]
 
 log = logging.getLogger(__name__)
 
 _decode_message = msgspec.json.Decoder(Message).decode
-_encode = msgspec.json.Encoder().encode
-_decode_records = msgspec.json.Decoder(list[CursorRecord]).decode
 _PAGE = 512
-_CLAIM_TIMEOUT = 1.0  # how long a node taking a member over waits for the one that had it
 _FEED_HEARTBEAT = 1.0  # a feed that hears nothing for two of these is recreated
 
 
 class NatsDelivery:
     """The feed, page-in, cursors and member ownership of a NATS hub node."""
 
-    settings: ChatSettings
     layout: Layout
-    node_id: str
-    flush_interval: float
-    _clock: Clock
     _closed: bool
     _channels: dict[str, Channel]
-    _memberships: dict[str, set[str]]
     _members: dict[str, MemberState]
-    _dirty: list[Cursor]
-    _kv_cursors: KeyValue | None
     _resume: dict[str, dict[str, int]]
-    _join_floors: dict[tuple[str, str], int]  # (channel, member) -> the seq it joined after
-    _moved: dict[str, dict[int, None]]
 
     if TYPE_CHECKING:
 
