@@ -30,7 +30,7 @@ from fleetchat.workflows.interpreter import (
     SubmitTask,
 )
 from fleetchat.workflows.model import AgentTaskStep, find_step
-from fleetchat.workflows.records import ExecutionEvent, ExecutionRecord
+from fleetchat.workflows.records import ExecutionEvent, ExecutionRecord, StepRun
 
 if TYPE_CHECKING:
     from fleetchat.chat.subscription import Subscription
@@ -134,16 +134,21 @@ class WorkflowEngine:
             return
         self.running[record.id] = record
         self._rearm(record)
+        # Submitted again (the same task, by its key); one that ended meanwhile is reported.
+        submits: list[Effect] = [
+            SubmitTask(run.key, run.attempt) for run in await self._task_runs(record)
+        ]
+        await self._effects(record.id, submits)
+
+    async def _task_runs(self, record: ExecutionRecord) -> list[StepRun]:
+        """The execution's agent_task runs waiting for their task."""
         definition = await self._service.definition_for(record)
-        for run in list(record.runs.values()):
-            step = find_step(definition, run.step)
-            if isinstance(step, AgentTaskStep) and run.status == "running":
-                await self._effects(record.id, [SubmitTask(run.key, run.attempt)])
-                task = await self._service.tasks.find_by_key(
-                    task_key(record.id, run.key, run.attempt)
-                )
-                if task is not None and task.terminal:
-                    self.task_changed(task)
+        return [
+            run
+            for run in record.runs.values()
+            if run.status == "running"
+            and isinstance(find_step(definition, run.step), AgentTaskStep)
+        ]
 
     # -- what happens -----------------------------------------------------------------------
 
@@ -304,12 +309,11 @@ class WorkflowEngine:
                     if record.id not in self.running:
                         await self.resume(record)
                 for record in list(self.running.values()):
-                    for run in record.runs.values():
-                        if run.status == "running" and run.key in record.runs:
-                            key = task_key(record.id, run.key, run.attempt)
-                            task = await self._service.tasks.find_by_key(key)
-                            if task is not None and task.terminal:
-                                self.task_changed(task)
+                    for run in await self._task_runs(record):
+                        key = task_key(record.id, run.key, run.attempt)
+                        task = await self._service.tasks.find_by_key(key)
+                        if task is not None and task.terminal:
+                            self.task_changed(task)
             except FleetchatError as exc:
                 log.warning("workflow check failed", extra={"error": exc.code})
 
