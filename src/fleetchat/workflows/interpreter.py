@@ -247,12 +247,11 @@ class Interpreter(Joins):
         for _ in range(10_000):
             if self.r.finished:
                 return
+            live = self._live()
             ready = [
                 t
                 for t in self.r.threads.values()
-                if t.status == "active"
-                and t.step is not None
-                and (t.step + t.suffix) not in self._live()
+                if t.status == "active" and t.step is not None and (t.step + t.suffix) not in live
             ]
             if not ready:
                 return
