@@ -197,10 +197,8 @@ class Scheduler(SchedulingModes):
         if agent is None or last is None:
             return
         if new.state == "cancelled" or last.outcome in ("start_to_close", "heartbeat"):
-            notice = {"action": "cancel", "task": new.id, "attempt": old.attempt}
-            notice["reason"] = new.reason or last.outcome or "cancelled"
-            # Ahead of anything else queued for the agent: it should stop at once.
-            self._spawn(self._notify("@" + agent, notice, Priority.CRITICAL))
+            reason = new.reason or last.outcome or "cancelled"
+            self._spawn(self._stop_holder(agent, new.id, old.attempt, reason))
         if last.outcome == "succeeded" or last.outcome in _RETRYABLE_FAILURES:
             took = None if last.accepted_at is None else (last.ended_at or 0) - last.accepted_at
             outcome = Outcome(last.outcome == "succeeded", max(took or 0.0, 0.0), new.estimate)
@@ -212,6 +210,12 @@ class Scheduler(SchedulingModes):
             await self._registry.update(
                 agent_id, performance=round(update_performance(current, outcome), 6)
             )
+
+    async def _stop_holder(self, agent: str, task_id: str, attempt: int, reason: str) -> None:
+        """Tell ``agent`` to stop working on ``task_id``: ahead of anything else queued for
+        it (critical priority), since it should stop at once."""
+        notice = {"action": "cancel", "task": task_id, "attempt": attempt, "reason": reason}
+        await self._notify("@" + agent, notice, Priority.CRITICAL)
 
     async def _notify(self, target: str, body: dict[str, Any], priority: Priority) -> None:
         try:

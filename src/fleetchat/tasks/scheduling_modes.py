@@ -46,6 +46,10 @@ class SchedulingModes:
 
         async def _notify(self, target: str, body: dict[str, Any], priority: Priority) -> None: ...
 
+        async def _stop_holder(
+            self, agent: str, task_id: str, attempt: int, reason: str
+        ) -> None: ...
+
         def kick(self) -> None: ...
 
     async def _batch(
@@ -155,6 +159,4 @@ class SchedulingModes:
             moved = await self._service.change(victim.id, fn)
             if moved.state == "queued" and victim.holder is not None:
                 # The holder hears it must stop before the critical task is offered to it.
-                notice = {"action": "cancel", "task": victim.id, "attempt": victim.attempt}
-                notice["reason"] = "preempted"
-                await self._notify("@" + victim.holder, notice, Priority.CRITICAL)
+                await self._stop_holder(victim.holder, victim.id, victim.attempt, "preempted")
