@@ -12,16 +12,39 @@ from fleetchat.errors import (
     ForbiddenError,
     InvalidInputError,
 )
-from fleetchat.models import Channel, ChannelType, Message
+from fleetchat.models import Channel, ChannelType, Message, MessageKind
 from fleetchat.types import Clock, Priority, check_agent_id, check_channel_name, new_id
 
 if TYPE_CHECKING:
     from fleetchat.backends.ports import Bus
     from fleetchat.config import ChatSettings
 
-__all__ = ["ChannelRegistry", "inbox_name"]
+__all__ = ["HUB_SENDER", "ChannelRegistry", "hub_message", "inbox_name"]
 
 HUB_SENDER = "$hub"
+
+
+def hub_message(
+    channel: str,
+    body: object,
+    now: float,
+    *,
+    kind: MessageKind = "system",
+    priority: Priority = Priority.NORMAL,
+) -> Message:
+    """A message from the hub itself: sender ``$hub``, which no agent can be (announcements,
+    task notices and events, workflow events)."""
+    return Message(
+        id=new_id(),
+        channel=channel,
+        sender=HUB_SENDER,
+        kind=kind,
+        body=body,
+        priority=priority,
+        created_at=now,
+    )
+
+
 _TYPES = ("task", "broadcast", "direct", "system", "chat")
 
 
@@ -204,20 +227,9 @@ class ChannelRegistry:
         channel = self._bus.channel(name)
         if channel is None or not channel.announce:
             return
-        now = self._clock.time()
+        body = {"event": event, "agent": agent_id, "text": f"agent {agent_id} {event}"}
         await self._bus.publish(
-            [
-                Message(
-                    id=new_id(),
-                    channel=name,
-                    sender=HUB_SENDER,
-                    kind="system",
-                    body={"event": event, "agent": agent_id, "text": f"agent {agent_id} {event}"},
-                    priority=Priority.NORMAL,
-                    created_at=now,
-                )
-            ],
-            self._settings.publish_timeout,
+            [hub_message(name, body, self._clock.time())], self._settings.publish_timeout
         )
 
     async def history(

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from fleetchat.chat.channels import hub_message
 from fleetchat.errors import ChannelExistsError, FleetchatError
-from fleetchat.models import Channel, Message, MessageKind
+from fleetchat.models import Channel, MessageKind
 from fleetchat.tasks.scheduler import Scheduler
 from fleetchat.tasks.service import TASKS_CHANNEL, TaskService
-from fleetchat.types import Priority, new_id
+from fleetchat.types import Priority
 
 if TYPE_CHECKING:
     from fleetchat.backends.ports import Bus, Store
@@ -28,11 +29,9 @@ if TYPE_CHECKING:
     from fleetchat.tasks.records import TaskEvent
     from fleetchat.types import Clock
 
-__all__ = ["HUB_SENDER", "TaskRuntime"]
+__all__ = ["TaskRuntime"]
 
 log = logging.getLogger(__name__)
-
-HUB_SENDER = "$hub"
 
 
 class TaskRuntime:
@@ -109,17 +108,9 @@ class TaskRuntime:
     async def _post(
         self, channel: str, body: Any, kind: MessageKind, priority: Priority | None
     ) -> None:
-        """A message from the hub itself (sender ``$hub``, which no agent can be)."""
+        """A message from the hub itself (sender ``$hub``)."""
         now = self._clock.time()
-        message = Message(
-            id=new_id(),
-            channel=channel,
-            sender=HUB_SENDER,
-            kind=kind,
-            body=body,
-            priority=priority or Priority.NORMAL,
-            created_at=now,
-        )
+        message = hub_message(channel, body, now, kind=kind, priority=priority or Priority.NORMAL)
         try:
             await self._bus.publish([message], self._settings.chat.publish_timeout)
         except FleetchatError as exc:

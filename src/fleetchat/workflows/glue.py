@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from fleetchat.chat.channels import hub_message
 from fleetchat.errors import ConflictError, FleetchatError
 from fleetchat.models import Channel, Message
-from fleetchat.types import Priority, new_id
 from fleetchat.workflows.engine import ENGINE_MEMBER, WorkflowEngine
 from fleetchat.workflows.interpreter import StartChild
 from fleetchat.workflows.model import AgentTaskStep
@@ -169,16 +169,7 @@ class EngineGlue:
             "status": record.status,
             "events": [msgspec.to_builtins(e) for e in events],
         }
-        message = Message(
-            id=new_id(),
-            channel=execution_channel(record.id),
-            sender="$hub",
-            kind="system",
-            body=body,
-            priority=Priority.NORMAL,
-            created_at=self._clock.time(),
-        )
-        self._spawn(self._post(message))
+        self._spawn(self._post(hub_message(execution_channel(record.id), body, self._clock.time())))
 
     async def _post(self, message: Message) -> None:
         try:
