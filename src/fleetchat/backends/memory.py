@@ -193,12 +193,6 @@ class MemoryLog:
         return dropped
 
 
-def _copy_execution(record: ExecutionRecord) -> ExecutionRecord:
-    version = record.version
-    copy = msgspec.json.decode(msgspec.json.encode(record), type=ExecutionRecord)
-    return msgspec.structs.replace(copy, version=version)
-
-
 class MemoryStore:
     """A Store held in memory."""
 
@@ -236,20 +230,21 @@ class MemoryStore:
         if (held.version if held is not None else 0) != expected_version:
             return False
         # A copy: the engine keeps changing its own record objects.
-        stored = msgspec.json.decode(msgspec.json.encode(record), type=ExecutionRecord)
-        self._executions[record.id] = msgspec.structs.replace(stored, version=expected_version + 1)
+        self._executions[record.id] = msgspec.structs.replace(
+            record.copy(), version=expected_version + 1
+        )
         self._events.setdefault(record.id, []).extend(events)
         return True
 
     async def load_execution(self, execution_id: str) -> ExecutionRecord | None:
         held = self._executions.get(execution_id)
-        return None if held is None else _copy_execution(held)
+        return None if held is None else held.copy()
 
     async def load_executions(
         self, *, status: str | None = None, name: str | None = None, limit: int | None = None
     ) -> list[ExecutionRecord]:
         out = [
-            _copy_execution(e)
+            e.copy()
             for e in self._executions.values()
             if (status is None or e.status == status) and (name is None or e.workflow == name)
         ]

@@ -173,7 +173,7 @@ class WorkflowEngine:
                 self._forget(execution_id)
                 return []
             definition = await self._service.definition_for(record)
-            work = _copy(record)
+            work = record.copy()
             expressions = self._service.expressions_for(definition)
             interp = Interpreter(definition, expressions, work, self._clock.time())
             interp.channel_seq = self._service.channel_seq
@@ -392,9 +392,3 @@ def _effect_error(exc: FleetchatError) -> str:
     if exc.code in ("invalid_input", "invalid_definition", "not_found"):
         return "fleetchat.validation"
     return "fleetchat.runtime"
-
-
-def _copy(record: ExecutionRecord) -> ExecutionRecord:
-    version = record.version
-    copy = msgspec.json.decode(msgspec.json.encode(record), type=ExecutionRecord)
-    return msgspec.structs.replace(copy, version=version)

@@ -131,6 +131,10 @@ class ExecutionRecord(msgspec.Struct, kw_only=True):
     def finished(self) -> bool:
         return self.status != "running"
 
+    def copy(self) -> ExecutionRecord:
+        """A deep copy (the interpreter changes a record in place; the original stays)."""
+        return _decode_execution(msgspec.json.encode(self))
+
 
 class ExecutionEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One line of an execution's append-only log."""
@@ -145,3 +149,6 @@ class ExecutionEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     key: str | None = None
     attempt: int | None = None
     data: Any = None
+
+
+_decode_execution = msgspec.json.Decoder(ExecutionRecord).decode
