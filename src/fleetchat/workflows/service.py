@@ -74,8 +74,7 @@ class WorkflowService(EngineGlue):
 
     async def open(self, leading: bool) -> None:
         """Load the definitions; run the engine if this node leads (called by the Hub)."""
-        for record in await self.store.load_definitions():
-            self._definitions[(record.name, record.version)] = record
+        await self._reload()
         self.tasks.watchers.append(self._task_changed)
         self.tasks.remote_watchers.append(self._task_changed_elsewhere)
         self.lead(leading)
@@ -131,10 +130,14 @@ class WorkflowService(EngineGlue):
         self._parsed[definition.content_hash] = (definition, compile_all(definition))
         return existing
 
+    async def _reload(self) -> None:
+        """Read the definitions from the store (another node may have registered some)."""
+        for record in await self.store.load_definitions():
+            self._definitions[(record.name, record.version)] = record
+
     async def _existing(self, name: str, version: str) -> DefinitionRecord | None:
         if (name, version) not in self._definitions:
-            for record in await self.store.load_definitions():
-                self._definitions[(record.name, record.version)] = record
+            await self._reload()
         return self._definitions.get((name, version))
 
     def definitions(self) -> builtins.list[DefinitionRecord]:
@@ -145,7 +148,7 @@ class WorkflowService(EngineGlue):
         if version == "latest":
             known = [d for d in self.definitions() if d.name == name and not d.deprecated]
             if not known:
-                await self._existing(name, "\0")  # reload from the store
+                await self._reload()
                 known = [d for d in self.definitions() if d.name == name and not d.deprecated]
             if not known:
                 raise NotFoundError(f"no workflow {name!r}", workflow=name)
