@@ -19,6 +19,12 @@ from typing import Any, Literal
 
 from fleetchat.errors import ConfigError
 from fleetchat.leases.settings import LeaseSettings
+from fleetchat.ops.settings import (
+    BackupSettings,
+    HealthSettings,
+    ScalingSettings,
+    TelemetrySettings,
+)
 from fleetchat.types import Priority
 
 __all__ = [
@@ -289,6 +295,10 @@ class HubSettings:
     tasks: TaskSettings = field(default_factory=TaskSettings)
     leases: LeaseSettings = field(default_factory=LeaseSettings)
     workflows: WorkflowSettings = field(default_factory=WorkflowSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:

@@ -19,6 +19,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "DeadlockError",
+    "DegradedError",
     "FencedError",
     "FleetchatError",
     "ForbiddenError",
@@ -153,6 +154,14 @@ class BackpressureError(FleetchatError):
     """The hub cannot take more work right now; retry later. Nothing was written."""
 
     code = "backpressure"
+
+
+class DegradedError(BackpressureError):
+    """The hub is degraded (its database is slow or its disk nearly full) and refuses new work
+    of this priority for now; higher priorities are still taken. Nothing was written.
+    ``details["reason"]`` says why (docs/operations.md#degraded-mode)."""
+
+    code = "degraded"
 
 
 class RequestTimeoutError(FleetchatError, TimeoutError):

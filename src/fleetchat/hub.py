@@ -27,6 +27,8 @@ from fleetchat.config import HubSettings
 from fleetchat.errors import ClosedError, ConfigError
 from fleetchat.leases.service import LeaseService
 from fleetchat.models import DeadLetter, Message
+from fleetchat.ops.gate import AdmissionGate
+from fleetchat.ops.runtime import Operations
 from fleetchat.registry.agents import AgentRegistry
 from fleetchat.registry.sync import RegistrySync
 from fleetchat.tasks.runtime import TaskRuntime
@@ -93,6 +95,8 @@ class Hub:
         leases: leases on named shared resources (docs/leases.md).
         tasks: task submission, state and agents' reports (docs/tasks.md); ``scheduler`` offers
             them to agents on the leading node.
+        workflows: workflow definitions and executions (docs/workflows.md).
+        ops: health, failure detection, backups, autoscaling (docs/operations.md).
     """
 
     def __init__(self, settings: HubSettings | None = None, *, clock: Clock | None = None) -> None:
@@ -157,7 +161,9 @@ class Hub:
             if kind == "nats"
             else None
         )
-        self._publisher = Publisher(self.bus, self.channels, self.clock, chat)
+        self.gate = AdmissionGate()
+        """Refuses new low-priority work while the hub is degraded (docs/operations.md)."""
+        self._publisher = Publisher(self.bus, self.channels, self.clock, chat, self.gate)
         self.requests = RequestRouter(self.bus, self.channels, self.clock, chat, self.metrics)
         # -- leases: on the shared store; a lost holder (registry offline) loses its leases
         self.leases = LeaseService(
@@ -168,9 +174,12 @@ class Hub:
             store, self.bus, self.registry, self.clock, self.settings, self.channels
         )
         self.tasks = self._tasks.service
+        self.tasks.gate = self.gate
         self.scheduler = self._tasks.scheduler
         # -- workflows: definitions and executions; the engine runs on the leader
         self.workflows = WorkflowService(self, store, self.bus, self.clock)
+        # -- operations: health, failure detection, backups, autoscaling (docs/operations.md)
+        self.ops = Operations(self)
         self._state: Literal["new", "open", "closed"] = "new"
 
     @classmethod
@@ -205,6 +214,7 @@ class Hub:
         await self._tasks.start(self.coordinator.is_leader)
         self._state = "open"
         await self.workflows.open(self.coordinator.is_leader)
+        await self.ops.start(self.coordinator.is_leader)
         log.info("hub started", extra={"url": self.settings.url})
 
     async def close(self) -> None:
@@ -213,6 +223,7 @@ class Hub:
         self._state = "closed"
         self.requests.close()
         self._receipts.close()
+        await self.ops.close()
         await self.workflows.close()
         await self._tasks.close()
         await self.leases.close()
@@ -233,6 +244,7 @@ class Hub:
             log.info("leadership", extra={"leading": leading, "epoch": epoch})
             self._tasks.lead(leading)
             self.workflows.lead(leading)
+            self.ops.lead(leading)
 
     async def __aenter__(self) -> Hub:
         await self.start()

@@ -116,7 +116,7 @@ def _versionless(data: bytes) -> Any:
 
 def tables(db: Path) -> dict[str, Any]:
     """The hub's SQLite tables, without what a migration may change: seqs, and counters of
-    the channels (last_seq, last_activity_at). ``$dlq`` and ``$tasks`` are made by each hub:
+    the channels (last_seq, last_activity_at). ``$dlq``, ``$tasks``, ``$ops`` and ``$alerts`` are made by each hub:
     their definitions' times differ; their messages are compared like the others. Tasks and
     lease resources are compared whole (the version is the target's)."""
     con = sqlite3.connect(db)
@@ -126,7 +126,7 @@ def tables(db: Path) -> dict[str, Any]:
             spec = msgspec.json.decode(data)
             spec.pop("last_seq", None)
             spec.pop("last_activity_at", None)
-            if name in ("$dlq", "$tasks"):
+            if name in ("$dlq", "$tasks", "$ops", "$alerts"):
                 spec.pop("created_at", None)
             channels[name] = spec
         messages: dict[str, list[dict[str, Any]]] = {}
@@ -239,7 +239,7 @@ async def test_a_non_empty_target_is_refused_and_left_unchanged(
             with pytest.raises(ConflictError, match=r"already has 1 channel\(s\) \(mine\)"):
                 await migrate(source, target)
         names = [c.name for c in target.channels.list(include_system=True)]
-        assert names == ["$dlq", "$tasks", "mine"]
+        assert names == ["$alerts", "$dlq", "$ops", "$tasks", "mine"]
         assert target.store.load_agents() == []
 
 
@@ -305,7 +305,7 @@ def test_the_command_prints_a_summary_and_refuses_a_non_empty_target(tmp_path: P
     result = runner.invoke(app, ["migrate", "--from", _url(a), "--to", _url(b)])
     assert result.exit_code == 0, result.output
     assert "cell-1" in result.stdout
-    assert "migrated 9 channel(s)" in result.stdout
+    assert "migrated 11 channel(s)" in result.stdout
     assert "2 task(s), 1 lease(s)" in result.stdout
 
     again = runner.invoke(app, ["migrate", "--from", _url(a), "--to", _url(b)])
@@ -363,7 +363,7 @@ def test_a_nats_source_without_a_store_says_its_agents_are_not_copied(
     assert result.exit_code == 0, result.output
     assert "note: no --from-store: the source's agents and tokens are not copied" in result.stderr
     summary = json.loads(result.stdout)
-    assert (summary["channels"], summary["agents"], summary["tokens"]) == (2, 0, 0)  # $ channels
+    assert (summary["channels"], summary["agents"], summary["tokens"]) == (4, 0, 0)  # $ channels
 
 
 def test_an_unexpected_failure_is_one_line_too(

@@ -32,6 +32,7 @@ STABLE_CODES = {
     "ChannelExistsError": "channel_exists",
     "ForbiddenError": "forbidden",
     "BackpressureError": "backpressure",
+    "DegradedError": "degraded",
     "RequestTimeoutError": "request_timeout",
     "ClosedError": "closed",
     "BackendError": "backend_error",

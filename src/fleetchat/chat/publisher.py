@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from fleetchat.backends.ports import Bus
     from fleetchat.chat.channels import ChannelRegistry
     from fleetchat.config import ChatSettings
+    from fleetchat.ops.gate import AdmissionGate
 
 __all__ = ["Publisher", "build_message"]
 
@@ -110,12 +111,18 @@ class Publisher:
     """``publish``: validate, check the channel's writers, commit, fan out."""
 
     def __init__(
-        self, bus: Bus, channels: ChannelRegistry, clock: Clock, settings: ChatSettings
+        self,
+        bus: Bus,
+        channels: ChannelRegistry,
+        clock: Clock,
+        settings: ChatSettings,
+        gate: AdmissionGate | None = None,
     ) -> None:
         self._bus = bus
         self._channels = channels
         self._clock = clock
         self._settings = settings
+        self._gate = gate
 
     async def publish(
         self,
@@ -137,7 +144,8 @@ class Publisher:
 
         Raises:
             ChannelNotFoundError, ForbiddenError, InvalidInputError, MessageTooLargeError,
-            BackpressureError (nothing was written), BackendError.
+            BackpressureError (nothing was written; DegradedError when the hub is degraded and
+            refuses this priority), BackendError.
         """
         check_channel_name(channel)
         if kind in ("request", "reply"):
@@ -159,6 +167,8 @@ class Publisher:
         )
         spec = self._channels.get(channel)
         check_may_post(spec, sender)
+        if self._gate is not None:
+            self._gate.check(message.priority)
         wait = self._settings.publish_timeout if timeout is None else timeout
         (committed,) = await self._bus.publish([message], wait)
         return committed

@@ -14,10 +14,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fleetchat.cli.backup import register as register_backup
 from fleetchat.cli.demo import demo
 from fleetchat.cli.leases import register as register_leases
 from fleetchat.cli.migrate import register as register_migrate
+from fleetchat.cli.ops import register as register_ops
 from fleetchat.cli.remote import register as register_remote
+from fleetchat.cli.scaling import register as register_scaling
+from fleetchat.cli.stats import register as register_stats
 from fleetchat.cli.tasks import register as register_tasks
 from fleetchat.cli.workflow import register as register_workflow
 from fleetchat.config import HubSettings, load_settings
@@ -191,6 +195,10 @@ register_leases(app)
 register_tasks(app)
 register_workflow(app)
 register_migrate(app)
+register_ops(app)
+register_stats(app)
+register_backup(app)
+register_scaling(app)
 
 
 @app.command()

@@ -16,6 +16,7 @@ from fleetchat.hub import Hub
 from fleetchat.server.auth import Authenticator
 from fleetchat.server.caches import MessageCache, PublishLedger
 from fleetchat.server.openapi import docs_page, openapi_document
+from fleetchat.server.prometheus import install_metrics
 from fleetchat.server.rest import install_routes
 from fleetchat.server.session import AgentSession
 
@@ -58,6 +59,7 @@ class HubServer:
         app.router.add_get("/v1/docs", self._docs)
         app.router.add_get("/healthz", self._healthz)
         install_routes(app, self.hub, self.auth)
+        install_metrics(app, self.hub)
         return app
 
     @property

@@ -19,11 +19,14 @@ from fleetchat.hub import Hub
 from fleetchat.server import schemas as s
 from fleetchat.server.auth import Authenticator
 from fleetchat.server.rest_agents import AGENT_ROUTES
+from fleetchat.server.rest_backup import BACKUP_ROUTES
 from fleetchat.server.rest_channels import CHANNEL_ROUTES
 from fleetchat.server.rest_leases import LEASE_ROUTES
+from fleetchat.server.rest_ops import OPS_ROUTES
 from fleetchat.server.rest_route import Ctx as Ctx  # Ctx and Param: public here before the split
 from fleetchat.server.rest_route import Param as Param
 from fleetchat.server.rest_route import Route
+from fleetchat.server.rest_scaling import SCALING_ROUTES
 from fleetchat.server.rest_tasks import TASK_ROUTES
 from fleetchat.server.rest_workflows import WORKFLOW_ROUTES
 
@@ -50,6 +53,7 @@ STATUS_BY_CODE = {
     "task_not_held": 409,
     "rate_limited": 429,
     "backpressure": 503,
+    "degraded": 503,
     "closed": 503,
     "backend_error": 503,
     "request_timeout": 504,
@@ -63,9 +67,13 @@ ROUTES: tuple[Route, ...] = (
     *LEASE_ROUTES,
     *TASK_ROUTES,
     *WORKFLOW_ROUTES,
+    *OPS_ROUTES,
+    *BACKUP_ROUTES,
+    *SCALING_ROUTES,
 )
 """Every route, in the order of the OpenAPI document: channels and messages, then agents,
-metrics and dead letters, then leases (rest_leases.py)."""
+metrics and dead letters, leases, tasks, workflows, then operations (health, backups,
+scaling)."""
 
 
 def error_response(exc: FleetchatError) -> web.Response:

@@ -34,6 +34,7 @@ from fleetchat.types import Priority, check_agent_id, check_channel_name, new_id
 if TYPE_CHECKING:
     from fleetchat.backends.ports import Bus, Store
     from fleetchat.config import RegistrySettings, TaskSettings
+    from fleetchat.ops.gate import AdmissionGate
     from fleetchat.registry.agents import AgentRegistry
     from fleetchat.types import Clock
 
@@ -100,6 +101,8 @@ class TaskService(AgentReports):
         """Told (task id, version) of changes other nodes broadcast."""
         self.publish_event: Callable[[TaskEvent], None] = lambda event: None
         """Set by the Hub: publishes a transition on ``$tasks``."""
+        self.gate: AdmissionGate | None = None
+        """Set by the Hub: refuses new low-priority tasks while the hub is degraded."""
         bus.on_broadcast(_BROADCAST, self._on_broadcast)
 
     # -- submit and read ----------------------------------------------------------------------
@@ -129,6 +132,7 @@ class TaskService(AgentReports):
 
         Raises:
             InvalidInputError: bad requirements, priority, mode, timeouts or retry budget.
+            DegradedError: the hub is degraded and refuses this priority for now.
             UnsatisfiableError: no registered agent could ever take it (unless
                 ``tasks.reject_unsatisfiable`` is off, or ``must_be_satisfiable`` is False:
                 the workflow engine's tasks wait for an agent that can).
@@ -141,6 +145,9 @@ class TaskService(AgentReports):
             existing = await self._store.find_task(idempotency_key)
             if existing is not None:
                 return existing
+        if self.gate is not None and not submitted_by.startswith("workflow:"):
+            # A running workflow's steps go on: refusing them would fail work already begun.
+            self.gate.check(parse_priority(priority))
         task = self._build(
             required,
             payload=payload,
