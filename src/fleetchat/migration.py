@@ -18,7 +18,13 @@ What is copied, in this order:
    deliveries;
 4. agent records and token records (tokens are stored hashed and copied as such);
 5. task records (every state, with their attempts and results) and lease resources (holder,
-   fencing token, waiters), each at version 1 on the target.
+   fencing token, waiters), each at version 1 on the target;
+6. workflow definitions (every version, deprecated ones too) and executions (every status, at
+   version 1 on the target) with their event logs.
+
+:func:`migrate` copies between two started hubs; :func:`copy_state` does the same between any
+two :class:`Side` s (a bus and a store), which is how backups copy a hub into a snapshot file
+and back (:mod:`fleetchat.ops.backup`) without starting a hub's services on either end.
 
 Not copied: deliveries in flight and unacknowledged state (member cursors, retry counts,
 per-member queues). Drain the source first. See docs/migrate.md.
@@ -26,10 +32,12 @@ per-member queues). Drain the source first. See docs/migrate.md.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -41,16 +49,20 @@ from fleetchat.errors import (
 from fleetchat.models import Channel, Message
 
 if TYPE_CHECKING:
-    from fleetchat.backends.ports import Bus, Store
+    from fleetchat.backends.ports import Store
     from fleetchat.hub import Hub
 
 __all__ = [
     "PAGE_SIZE",
     "TARGET_NOT_EMPTY",
     "ChannelCopy",
+    "ChannelSide",
     "MigrationReport",
     "Progress",
+    "Side",
+    "copy_state",
     "migrate",
+    "refresh_store",
 ]
 
 PAGE_SIZE = 1000
@@ -97,6 +109,14 @@ class MigrationReport(msgspec.Struct, kw_only=True):
     leases: int = 0
     leases_skipped: int = 0
     """Lease resources the target had already."""
+    definitions: int = 0
+    definitions_skipped: int = 0
+    """Workflow definitions (name and version) the target had already."""
+    executions: int = 0
+    executions_skipped: int = 0
+    """Workflow executions the target had already (same id)."""
+    events: int = 0
+    """Events of the copied executions."""
     seconds: float = 0.0
 
     @property
@@ -128,14 +148,55 @@ class MigrationReport(msgspec.Struct, kw_only=True):
             "tasks_skipped": self.tasks_skipped,
             "leases": self.leases,
             "leases_skipped": self.leases_skipped,
+            "definitions": self.definitions,
+            "definitions_skipped": self.definitions_skipped,
+            "executions": self.executions,
+            "executions_skipped": self.executions_skipped,
+            "events": self.events,
             "seconds": round(self.seconds, 3),
             "per_channel": msgspec.to_builtins(self.channels),
         }
 
 
 Progress = Callable[[str, int], None]
-"""Called with what is being copied (a channel name, ``memberships``, ``agents and tokens``)
-and the number of messages copied so far in all."""
+"""Called with what is being copied (a channel name, ``memberships``, ``agents and tokens``,
+``workflows``) and the number of messages copied so far in all."""
+
+
+class ChannelSide(Protocol):
+    """What a copy reads and writes of channels: a :class:`~fleetchat.backends.ports.Bus`
+    has it all, and so does a snapshot file (:class:`fleetchat.ops.snapshot.SnapshotFile`)."""
+
+    def channels(self) -> list[Channel]: ...
+
+    def channel(self, name: str) -> Channel | None: ...
+
+    def members(self, channel: str) -> list[str]: ...
+
+    async def history(
+        self, channel: str, *, start_seq: int | None = None, limit: int = 1000
+    ) -> list[Message]: ...
+
+    async def create_channel(self, channel: Channel) -> Channel: ...
+
+    async def publish(self, messages: list[Message], timeout: float) -> list[Message]: ...
+
+    async def add_member(self, channel: str, member: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Side:
+    """One end of a copy: channels (with history and members) and a store."""
+
+    bus: ChannelSide
+    store: Store
+    publish_timeout: float = 5.0
+    """Seconds a write of copied messages may wait for the target."""
+
+    @classmethod
+    def of(cls, hub: Hub) -> Side:
+        """A started hub's bus and store."""
+        return cls(hub.bus, hub.store, hub.settings.chat.publish_timeout)
 
 
 async def migrate(
@@ -146,7 +207,8 @@ async def migrate(
     page_size: int = PAGE_SIZE,
     progress: Progress | None = None,
 ) -> MigrationReport:
-    """Copy channels, history, memberships, agents and tokens from ``source`` to ``target``.
+    """Copy channels, history, memberships, agents, tokens, tasks, leases and workflows from
+    ``source`` to ``target``.
 
     Both hubs must be started. The source is only read (beyond what starting a hub does, such
     as a SQLite hub's retention sweep). Drain and stop the source's agents first: deliveries in
@@ -156,7 +218,8 @@ async def migrate(
         merge: add to a target that already has channels (other than ``$dlq``). A channel the
             target has keeps its definition; messages whose id it holds are skipped; agents and
             tokens it has keep their record. Also the way to resume a migration that stopped.
-        page_size: messages per history read and per publish to the target.
+        page_size: messages per history read and per publish to the target (capped by the
+            source's ``history_limit``).
         progress: told what is being copied, with the running count of messages.
 
     Raises:
@@ -167,10 +230,33 @@ async def migrate(
     """
     if source is target:
         raise InvalidInputError("the source and the target are the same hub")
+    _check_page_size(page_size)
+    page_size = min(page_size, source.settings.chat.history_limit)
+    return await copy_state(
+        Side.of(source), Side.of(target), merge=merge, page_size=page_size, progress=progress
+    )
+
+
+def _check_page_size(page_size: object) -> None:
     if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
         raise InvalidInputError("page_size must be a positive integer", field="page_size")
+
+
+async def copy_state(
+    source: Side,
+    target: Side,
+    *,
+    merge: bool = False,
+    page_size: int = PAGE_SIZE,
+    progress: Progress | None = None,
+) -> MigrationReport:
+    """What :func:`migrate` does, between two sides; the same arguments and errors.
+
+    The copy yields to the event loop between pages, so a hub serving meanwhile keeps serving.
+    """
+    _check_page_size(page_size)
     started = time.monotonic()
-    present = [c.name for c in target.channels.list()]  # without the $ channels
+    present = sorted(c.name for c in target.bus.channels() if not c.name.startswith("$"))
     if present and not merge:
         shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
         raise ConflictError(
@@ -181,7 +267,7 @@ async def migrate(
         )
     report = MigrationReport()
     tell = progress or (lambda what, copied: None)
-    specs = source.channels.list(include_system=True)
+    specs = sorted(source.bus.channels(), key=lambda c: c.name)
     for spec in specs:
         report.channels.append(await _copy_definition(spec, target.bus))
     copied = 0
@@ -194,18 +280,20 @@ async def migrate(
     # delivered to the members again.
     tell("memberships", copied)
     for entry in report.channels:
-        for member in source.channels.members(entry.name):
+        for member in sorted(source.bus.members(entry.name)):
             if await target.bus.add_member(entry.name, member):
                 entry.members += 1
             else:
                 entry.members_existing += 1
     tell("agents and tokens", copied)
     await _copy_records(source.store, target.store, report)
+    tell("workflows", copied)
+    await _copy_workflows(source.store, target.store, report)
     report.seconds = time.monotonic() - started
     return report
 
 
-async def _copy_definition(spec: Channel, bus: Bus) -> ChannelCopy:
+async def _copy_definition(spec: Channel, bus: ChannelSide) -> ChannelCopy:
     entry = ChannelCopy(name=spec.name, type=spec.type, ephemeral=spec.ephemeral)
     if bus.channel(spec.name) is not None:
         return entry
@@ -217,32 +305,33 @@ async def _copy_definition(spec: Channel, bus: Bus) -> ChannelCopy:
     return entry
 
 
-async def _ids(hub: Hub, channel: str, page_size: int) -> set[str]:
-    """The ids of every message ``hub`` holds in ``channel``."""
+async def _ids(side: Side, channel: str, page_size: int) -> set[str]:
+    """The ids of every message ``side`` holds in ``channel``."""
     ids: set[str] = set()
-    async for page in _pages(hub, channel, page_size):
+    async for page in _pages(side, channel, page_size):
         ids.update(m.id for m in page)
     return ids
 
 
-async def _pages(hub: Hub, channel: str, page_size: int) -> AsyncIterator[list[Message]]:
+async def _pages(side: Side, channel: str, page_size: int) -> AsyncIterator[list[Message]]:
     """The history of ``channel``, oldest first, a page at a time (seqs may have gaps)."""
     start = 1
     while True:
-        page = await hub.channels.history(channel, start_seq=start, limit=page_size)
+        page = await side.bus.history(channel, start_seq=start, limit=page_size)
         if not page:
             return
         yield page
         start = page[-1].seq + 1
+        await asyncio.sleep(0)  # a page read from SQLite does not yield: let the hub run
 
 
 async def _copy_history(
-    source: Hub, target: Hub, entry: ChannelCopy, page_size: int, copied: int, tell: Progress
+    source: Side, target: Side, entry: ChannelCopy, page_size: int, copied: int, tell: Progress
 ) -> int:
     # A channel the target had (always $dlq, others with merge) may hold some of these
     # messages already: by id. NATS would drop a repeat only within its 2-minute window.
     known = set() if entry.created else await _ids(target, entry.name, page_size)
-    timeout = target.settings.chat.publish_timeout
+    timeout = target.publish_timeout
     async for page in _pages(source, entry.name, page_size):
         fresh = [_clone(m) for m in page if m.id not in known]
         entry.skipped += len(page) - len(fresh)
@@ -270,7 +359,7 @@ def _clone(m: Message) -> Message:
     )
 
 
-async def _refresh(store: Store) -> None:
+async def refresh_store(store: Store) -> None:
     """Reload a store that caches its records (PostgreSQL): the hub's registry works on the
     cached objects, so they may hold live state (heartbeats) rather than what is stored."""
     refresh = getattr(store, "refresh", None)
@@ -279,8 +368,8 @@ async def _refresh(store: Store) -> None:
 
 
 async def _copy_records(source: Store, target: Store, report: MigrationReport) -> None:
-    await _refresh(source)
-    await _refresh(target)
+    await refresh_store(source)
+    await refresh_store(target)
     have = {a.id for a in target.load_agents()}
     for agent in sorted(source.load_agents(), key=lambda a: a.id):
         if agent.id in have:
@@ -305,3 +394,18 @@ async def _copy_records(source: Store, target: Store, report: MigrationReport) -
             report.leases += 1
         else:
             report.leases_skipped += 1
+
+
+async def _copy_workflows(source: Store, target: Store, report: MigrationReport) -> None:
+    for definition in await source.load_definitions():
+        if await target.save_definition(definition):
+            report.definitions += 1
+        else:
+            report.definitions_skipped += 1
+    for execution in await source.load_executions():
+        events = await source.load_execution_events(execution.id)
+        if await target.save_execution(msgspec.structs.replace(execution, version=0), 0, events):
+            report.executions += 1
+            report.events += len(events)
+        else:
+            report.executions_skipped += 1
