@@ -59,6 +59,21 @@ class Histogram:
     def mean(self) -> float:
         return self.total / self.count if self.count else 0.0
 
+    def cumulative(self, bounds: Sequence[float]) -> list[int]:
+        """Cumulative counts for ``bounds`` (ascending, seconds), then ``+Inf`` (every value):
+        a Prometheus histogram's buckets. Each bucket here is counted under the first bound at
+        or above its upper edge, so a value can show one bucket (about 12 %) higher."""
+        out = [0] * (len(bounds) + 1)
+        j = 0
+        for upper, count in zip(self._bounds, self._counts, strict=False):
+            while j < len(bounds) and bounds[j] < upper:
+                j += 1
+            out[j] += count
+        out[-1] += self._counts[-1]
+        for i in range(1, len(out)):
+            out[i] += out[i - 1]
+        return out
+
 
 class MetricsSnapshot(msgspec.Struct, kw_only=True):
     """Delivery figures since the hub started."""

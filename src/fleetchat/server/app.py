@@ -59,7 +59,7 @@ class HubServer:
         app.router.add_get("/v1/docs", self._docs)
         app.router.add_get("/healthz", self._healthz)
         install_routes(app, self.hub, self.auth)
-        install_metrics(app, self.hub)
+        install_metrics(app, self.hub, self.sessions, self.auth)
         return app
 
     @property

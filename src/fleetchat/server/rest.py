@@ -27,6 +27,7 @@ from fleetchat.server.rest_route import Ctx as Ctx  # Ctx and Param: public here
 from fleetchat.server.rest_route import Param as Param
 from fleetchat.server.rest_route import Route
 from fleetchat.server.rest_scaling import SCALING_ROUTES
+from fleetchat.server.rest_stats import STATS_ROUTES
 from fleetchat.server.rest_tasks import TASK_ROUTES
 from fleetchat.server.rest_workflows import WORKFLOW_ROUTES
 
@@ -70,6 +71,7 @@ ROUTES: tuple[Route, ...] = (
     *OPS_ROUTES,
     *BACKUP_ROUTES,
     *SCALING_ROUTES,
+    *STATS_ROUTES,
 )
 """Every route, in the order of the OpenAPI document: channels and messages, then agents,
 metrics and dead letters, leases, tasks, workflows, then operations (health, backups,

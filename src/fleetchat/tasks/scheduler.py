@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from fleetchat.chat.metrics import Histogram
 from fleetchat.errors import FleetchatError
 from fleetchat.models import AgentInfo
 from fleetchat.tasks import lifecycle
@@ -72,6 +74,8 @@ class Scheduler(SchedulingModes):
         self._kicked = False
         self._passing = False
         self.passes = 0
+        self.decisions = Histogram()
+        """Seconds each allocation decision took (``/metrics``)."""
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -359,7 +363,9 @@ class Scheduler(SchedulingModes):
                 await self._open_auction(task, agents, load)
                 continue
             agent = self._next_bid(task, free, load) if task.bids else None
+            started = time.perf_counter()
             agent = agent or self._choose(task, free, load)
+            self.decisions.record(time.perf_counter() - started)
             if agent is not None:
                 load[agent] = load.get(agent, 0) + 1
                 free = [a for a in free if a.id != agent or self._has_room(a, load)]

@@ -29,7 +29,7 @@ from fleetchat.workflows.interpreter import (
     StartChild,
     SubmitTask,
 )
-from fleetchat.workflows.model import AgentTaskStep, find_step
+from fleetchat.workflows.model import AgentTaskStep, Definition, find_step
 from fleetchat.workflows.records import ExecutionEvent, ExecutionRecord, StepRun
 
 if TYPE_CHECKING:
@@ -73,6 +73,8 @@ class WorkflowEngine:
         self._sub: Subscription | None = None
         self._active = False
         self.steps_run = 0
+        self.event_watchers: list[Callable[[Definition, list[ExecutionEvent]], None]] = []
+        """Told of the events of every save (the metrics count steps here); must not raise."""
 
     @property
     def active(self) -> bool:
@@ -190,6 +192,8 @@ class WorkflowEngine:
             if await store.save_execution(work, record.version, interp.events):
                 work = msgspec.structs.replace(work, version=record.version + 1)
                 self.steps_run += sum(1 for e in interp.events if e.type == "step.completed")
+                for watcher in self.event_watchers:
+                    watcher(definition, interp.events)
                 self._saved(work, interp.events)
                 return interp.effects
             self.running.pop(execution_id, None)  # changed elsewhere (a cancel): read it again
