@@ -132,19 +132,44 @@ class PoolSettings:
     """Most instances. Default 10."""
     capability: str = ""
     """Queued tasks needing this capability count toward this pool ("" counts every task)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment of the worker processes (``process``) or of the resize command
+    (``command``), on top of the hub's own. Default none."""
+    timeout: float = 30.0
+    """Seconds a resize command or webhook call may take before it counts as failed.
+    Default 30."""
+    stop_timeout: float = 10.0
+    """Seconds a ``process`` worker has to exit after SIGTERM (to drain) before SIGKILL.
+    Default 10."""
+    cooldown_out: float | None = None
+    """This pool's ``scaling.cooldown_out`` (seconds). Default: the section's."""
+    cooldown_in: float | None = None
+    """This pool's ``scaling.cooldown_in`` (seconds). Default: the section's."""
 
     def __post_init__(self) -> None:
+        for name in ("min", "max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be a whole number, not {value!r}", field=name)
         if self.min < 0 or self.max < max(self.min, 1):
             raise ConfigError("a pool needs 0 <= min <= max and max >= 1", field="max")
+        if self.actuator not in ("process", "command", "webhook"):
+            raise ConfigError("actuator must be process, command or webhook", field="actuator")
         if self.actuator in ("process", "command") and not self.command:
             raise ConfigError(f"a {self.actuator} pool needs a command", field="command")
-        if self.actuator == "webhook" and not self.url:
-            raise ConfigError("a webhook pool needs a url", field="url")
+        if self.actuator == "webhook" and not self.url.startswith(("http://", "https://")):
+            raise ConfigError("a webhook pool needs an http(s) url", field="url")
+        _positive(self, "timeout", "stop_timeout")
+        for name in ("cooldown_out", "cooldown_in"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int | float) or value < 0):
+                raise ConfigError(f"{name} must not be negative", field=name)
 
 
 @dataclass(frozen=True, slots=True)
 class ScalingSettings:
-    """The autoscaler (docs/operations.md#autoscaling). It runs when pools are configured."""
+    """The autoscaler (docs/autoscaling.md). It runs when pools are configured, on the
+    leading node."""
 
     interval: float = 30.0
     """Seconds between evaluations. Default 30."""
@@ -154,21 +179,34 @@ class ScalingSettings:
     """Queued tasks above which a pool scales out. Default 100."""
     queued_per_instance: int = 50
     """One more instance per this many queued tasks. Default 50."""
+    latency_high: float = 0.0
+    """Mean seconds from queued to started (of the tasks started in the last minute) above
+    which a pool scales out by one. Default 0: off."""
     idle_utilisation: float = 0.2
     """Utilisation below which (with nothing queued) a pool scales in by one. Default 0.2."""
     cooldown_out: float = 60.0
     """Seconds after a scale-out before the next scaling of the pool. Default 60."""
     cooldown_in: float = 300.0
     """Seconds after any scaling before a scale-in. Default 300."""
+    signal_delay: float = 1.0
+    """Seconds between a hint (a backlog found by failure detection, a worker that exited)
+    and the evaluation it brings forward. Default 1."""
     pools: dict[str, PoolSettings] = field(default_factory=dict)
     """The pools, by name. None: the autoscaler does not run."""
 
     def __post_init__(self) -> None:
-        _positive(self, "interval", "queued_high", "queued_per_instance")
+        _positive(self, "interval", "queued_high", "queued_per_instance", "signal_delay")
         _fraction(self, "cpu_high", "idle_utilisation")
-        for name in ("cooldown_out", "cooldown_in"):
-            if getattr(self, name) < 0:
+        for name in ("cooldown_out", "cooldown_in", "latency_high"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"{name} must not be negative", field=name)
+
+    def cooldowns(self, pool: PoolSettings) -> tuple[float, float]:
+        """The pool's (out, in) cooldowns in seconds: its own, else the section's."""
+        out = self.cooldown_out if pool.cooldown_out is None else pool.cooldown_out
+        in_ = self.cooldown_in if pool.cooldown_in is None else pool.cooldown_in
+        return out, in_
 
 
 @dataclass(frozen=True, slots=True)
