@@ -108,9 +108,12 @@ class BackupSettings:
     ``fleetchat-backups`` in the working directory."""
     keep: int = 12
     """Snapshots kept; older ones are deleted after each new one. Default 12 (an hour)."""
+    timeout: float = 3600.0
+    """Seconds one snapshot may take before it is abandoned (and an alert raised). Default
+    3600."""
 
     def __post_init__(self) -> None:
-        _positive(self, "interval", "keep")
+        _positive(self, "interval", "keep", "timeout")
 
 
 @dataclass(frozen=True, slots=True)
