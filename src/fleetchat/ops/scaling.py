@@ -185,7 +185,10 @@ class Autoscaler:
         async with self._lock:
             await self._sync_pools()
             metrics = await self._collector.snapshot(
-                {n: (p.settings.capability, p.actuator.pids()) for n, p in self._pools.items()}
+                {
+                    n: (p.settings.capability, p.actuator.pids() if _local(p) else None)
+                    for n, p in self._pools.items()
+                }
             )
             events: list[dict[str, Any]] = []
             for name, pool in self._pools.items():
@@ -356,6 +359,10 @@ class Autoscaler:
         async with self._lock:
             await self._sync_pools()
             return await self._resize(name, self._pools[name], count, "manual", "manual")
+
+
+def _local(pool: _Pool) -> bool:
+    return pool.settings.actuator == "process"
 
 
 def _count_key(kind: str, to: int, previous: int) -> str:

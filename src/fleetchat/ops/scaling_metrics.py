@@ -31,9 +31,10 @@ LATENCY_WINDOW = 60.0
 class PoolMetrics(msgspec.Struct, kw_only=True):
     """One pool's measures at one evaluation."""
 
-    cpu: float
-    """The CPU utilisation the policy acts on, 0..1: the mean of the pool's worker processes
-    (each as a share of one core) for a ``process`` pool with workers, else the machine's."""
+    cpu: float | None
+    """The CPU utilisation the policy acts on, 0..1: for a ``process`` pool the mean of its
+    worker processes (each as a share of one core; None before they are measured), for
+    another pool the machine's."""
     system_cpu: float
     """The machine's CPU utilisation, 0..1."""
     queued: int
@@ -92,15 +93,17 @@ def pool_metrics(
     system_cpu: float,
     pool_cpu: float | None,
     latency: float | None,
+    local: bool = False,
 ) -> PoolMetrics:
-    """One pool's metrics from the unfinished tasks and the registry's agents (pure)."""
+    """One pool's metrics from the unfinished tasks and the registry's agents (pure).
+    ``local``: a pool of local processes, whose CPU is ``pool_cpu``."""
     queued = [
         t for t in tasks if t.state == "queued" and (not capability or capability in t.required)
     ]
     mine = [a for a in agents if a.online and (not capability or capability in a.capabilities)]
     capacity = sum(max(a.capacity, 0) for a in mine)
     return PoolMetrics(
-        cpu=system_cpu if pool_cpu is None else pool_cpu,
+        cpu=pool_cpu if local else system_cpu,
         system_cpu=system_cpu,
         queued=len(queued),
         agents=len(mine),
@@ -146,8 +149,11 @@ class MetricsCollector:
             del self._procs[gone]
         return sum(shares) / len(shares) if shares else None
 
-    async def snapshot(self, pools: dict[str, tuple[str, Sequence[int]]]) -> dict[str, PoolMetrics]:
-        """Metrics of each pool, given by name -> (capability, worker pids)."""
+    async def snapshot(
+        self, pools: dict[str, tuple[str, Sequence[int] | None]]
+    ) -> dict[str, PoolMetrics]:
+        """Metrics of each pool, given by name -> (capability, its worker pids; None for a
+        pool of remote instances)."""
         tasks = await self.unfinished_tasks()
         agents = self._hub.registry.list()
         system_cpu = psutil.cpu_percent(interval=None) / 100.0
@@ -159,8 +165,9 @@ class MetricsCollector:
                 agents,
                 now=now,
                 system_cpu=system_cpu,
-                pool_cpu=self.process_cpu(pids),
+                pool_cpu=self.process_cpu(pids or ()),
                 latency=self.latency.mean(capability),
+                local=pids is not None,
             )
             for name, (capability, pids) in pools.items()
         }

@@ -4,7 +4,8 @@ Each metric proposes a size with a reason; the most urgent proposal wins (any sc
 scale-in, the largest scale-out beats the others), clamped to the pool's ``min``..``max`` and
 held back by the cooldowns:
 
-- ``cpu``: above ``cpu_high``, grow in proportion (``ceil(n * cpu / cpu_high)``, at least +1);
+- ``cpu``: above ``cpu_high``, grow in proportion (``ceil(n * cpu / cpu_high)``, at least +1;
+  an empty pool has no CPU to act on);
 - ``queue``: more than ``queued_high`` queued tasks, one more instance per
   ``queued_per_instance`` of them;
 - ``latency``: (when ``latency_high`` is set) a mean wait above it, one more instance;
@@ -62,9 +63,10 @@ def proposals(metrics: PoolMetrics, current: int, settings: ScalingSettings) -> 
     """What each metric asks for, given the pool's ``current`` size (only the metrics that
     want a change)."""
     out: list[Proposal] = []
-    if metrics.cpu > settings.cpu_high:
-        grown = max(math.ceil(current * metrics.cpu / settings.cpu_high), current + 1)
-        out.append(Proposal(grown, f"cpu {metrics.cpu:.0%} > {settings.cpu_high:.0%}"))
+    cpu = metrics.cpu
+    if current > 0 and cpu is not None and cpu > settings.cpu_high:
+        grown = max(math.ceil(current * cpu / settings.cpu_high), current + 1)
+        out.append(Proposal(grown, f"cpu {cpu:.0%} > {settings.cpu_high:.0%}"))
     if metrics.queued > settings.queued_high:
         more = math.ceil(metrics.queued / settings.queued_per_instance)
         out.append(
