@@ -4,6 +4,7 @@ rows, not only the digests the restore checks itself), then opened and read."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -12,12 +13,20 @@ from typing import Any
 import msgspec
 import pytest
 
-from fleetchat import ConflictError, Hub, HubSettings, InvalidInputError, NotFoundError
+from fleetchat import (
+    ConflictError,
+    FleetchatError,
+    Hub,
+    HubSettings,
+    InvalidInputError,
+    NotFoundError,
+)
 from fleetchat.migration import Side
 from fleetchat.ops.digest import HUB_CHANNELS, state_digests
-from fleetchat.ops.settings import BackupSettings
 from fleetchat.ops.restore import restore
+from fleetchat.ops.settings import BackupSettings
 from fleetchat.ops.snapshot import SnapshotFile, read_manifest
+from fleetchat.testing import assert_eventually
 from fleetchat.testing.clock import FakeClock
 from fleetchat.testing.services import NatsServer
 from tests.integration.test_migrate import fill, tables
@@ -140,11 +149,13 @@ async def test_a_sqlite_backup_restores_into_a_fresh_hub_with_the_same_state(
     assert "backup_manifest" not in names
     async with Hub.open(_url(target), clock=FakeClock()) as restored:
         history = await restored.channels.history("cell-1", limit=1000)
-        assert next(m for m in history if m.sender == "planner").body == {"pick": "bin-7", "at": [1.5, -2.25], "note": "größer ✓"}
+        first = next(m for m in history if m.sender == "planner")
+        assert first.body == {"pick": "bin-7", "at": [1.5, -2.25], "note": "größer ✓"}
         assert restored.channels.members("alerts") == ["arm-1", "cam-1"]
         assert (await restored.leases.get("dock-1")).holder == "arm-1"
         done = await restored.tasks.find_by_key("o-1")
-        assert done is not None and done.state == "succeeded"
+        assert done is not None
+        assert done.state == "succeeded"
         assert (await restored.workflows.get(ids["quick"])).output == {"to": "cell-1"}
         assert (await restored.workflows.get(ids["waiting"])).status == "running"
         assert (await restored.workflows.resolve("greet", "2.1.0")).deprecated
@@ -182,15 +193,18 @@ async def test_a_backup_taken_while_publishing_holds_a_consistent_prefix_and_los
         await hub.channels.create("stream", announce=False)
         stop = asyncio.Event()
 
+        going = asyncio.Event()
+
         async def publish() -> None:
             n = 0
             while not stop.is_set():
                 acked.append((await hub.publish("stream", n, sender="p")).id)
                 n += 1
+                if n == 300:
+                    going.set()
 
         publisher = asyncio.create_task(publish())
-        while len(acked) < 300:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(going.wait(), 10.0)
         before = list(acked)
         info = await hub.ops.backups.backup()
         stop.set()
@@ -225,8 +239,7 @@ async def test_a_tampered_backup_is_refused_and_nothing_is_restored(tmp_path: Pa
         await restore(Path(info.file), HubSettings(url=_url(target)))
     assert refused.value.details["reason"] == "digest_mismatch"
     assert refused.value.details["tables"] == "agents"
-    assert list(tmp_path.glob("*restore*")) == []
-    assert not target.exists()
+    assert sorted(os.listdir(tmp_path)) == ["source.db", "source.db.backups"]
 
 
 async def test_what_is_not_a_backup_is_refused_with_a_typed_error(tmp_path: Path) -> None:
@@ -276,3 +289,46 @@ async def test_retention_keeps_the_newest_snapshots(tmp_path: Path) -> None:
     assert sorted(str(p) for p in (tmp_path / "b").iterdir()) == taken[2:]
     async with SnapshotFile(listed[-1].file) as newest:
         assert [m.body for m in await newest.history("c")] == [0, 1, 2, 3]
+
+
+async def test_the_leader_takes_snapshots_every_interval_and_records_them_on_ops(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "hub.db"
+    config = replace(HubSettings(url=_url(db)), backup=BackupSettings(interval=0.3, keep=2))
+    async with Hub(config) as hub:
+        assert not (tmp_path / "hub.db.backups").exists()  # the first after one interval
+        await hub.channels.create("c", announce=False)
+        await hub.publish("c", "x", sender="a")
+
+        async def three() -> list[dict[str, Any]]:
+            records = await hub.ops.journal.read(kind="backup")
+            assert len(records) >= 3
+            return records
+
+        await assert_eventually(three, timeout=20.0)
+        records = await three()
+    assert all(r["counts"]["messages"] >= 1 for r in records)
+    assert all(r["bytes"] > 0 and r["seconds"] > 0 for r in records)
+    kept = sorted(os.listdir(tmp_path / "hub.db.backups"))
+    assert len(kept) == 2  # keep=2; nothing half-written left behind
+    assert [Path(r["file"]).name for r in records[-2:]] == kept
+
+
+async def test_a_failing_snapshot_raises_an_alert_and_the_loop_goes_on(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("in the way")
+    backup = BackupSettings(interval=0.2, directory=str(blocked / "sub"))
+    async with Hub(replace(HubSettings(url="memory://"), backup=backup)) as hub:
+
+        async def two() -> list[dict[str, Any]]:
+            alerts = await hub.ops.journal.read("$alerts", kind="backup_failed")
+            assert len(alerts) >= 2
+            return alerts
+
+        await assert_eventually(two, timeout=20.0)
+        alerts = await two()
+        assert "backup failed" in alerts[0]["message"]
+        with pytest.raises(FleetchatError):
+            await hub.ops.backups.backup()
+        assert await hub.ops.journal.read(kind="backup") == []

@@ -181,21 +181,26 @@ class BackupService:
             await self._hub.clock.sleep(self.settings.interval)
             if not self.settings.enabled or self.directory is None:
                 continue
-            with contextlib.suppress(FleetchatError):  # alerted by backup(); try next time
+            try:
                 await self.backup()
+            except Exception:  # alerted by backup(); try again next time
+                log.debug("periodic backup failed", exc_info=True)
 
     async def _take(self, target: Path | None) -> BackupInfo:
         async with self._lock:
             started = time.monotonic()
-            path = target or self._new_name()
+            where = str(target or self.directory or _DEFAULT_DIRECTORY)
             try:
+                path = await asyncio.to_thread(self._new_name) if target is None else target
+                where = str(path)
                 async with asyncio.timeout(self.settings.timeout):
                     manifest = await self._write(path)
+                info = BackupInfo.of(path, manifest, time.monotonic() - started)
             except Exception as exc:
                 error = exc if isinstance(exc, FleetchatError) else None
                 message = error.message if error else f"{type(exc).__name__}: {exc}"
                 await self._hub.ops.journal.alert(
-                    "backup_failed", f"backup failed: {message}", file=str(path)
+                    "backup_failed", f"backup failed: {message}", file=where
                 )
                 if isinstance(exc, TimeoutError):
                     raise BackendError(
@@ -204,7 +209,6 @@ class BackupService:
                 if error is not None:
                     raise
                 raise BackendError(f"backup failed: {message}") from exc
-            info = BackupInfo.of(path, manifest, time.monotonic() - started)
             if target is None:
                 await asyncio.to_thread(self._prune)
             record = msgspec.to_builtins(info)
