@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -20,9 +22,11 @@ from fleetchat.chat.metrics import Histogram
 from fleetchat.client.task_work import TaskWork
 from fleetchat.config import ServerSettings
 from fleetchat.errors import LeaseTimeoutError
+from fleetchat.ops.metrics import HubMetrics
 from fleetchat.ops.settings import TelemetrySettings
 from fleetchat.server import HubServer
 from fleetchat.testing import assert_eventually
+from fleetchat.testing.services import NatsServer
 from tests.e2e.conftest import MakeAgent, RunningServer, StartServer
 
 Families = dict[str, Metric]
@@ -31,6 +35,10 @@ Families = dict[str, Metric]
 async def scrape(running: RunningServer, token: str | None = None) -> Families:
     status, text = await running.request("GET", "/metrics", token=token)
     assert status == 200, text
+    return parse(text)
+
+
+def parse(text: str) -> Families:
     return {f.name: f for f in text_string_to_metric_families(text)}
 
 
@@ -261,6 +269,45 @@ async def test_stats_summarise_the_same_traffic(running: RunningServer) -> None:
     assert stats["node"]["leader"] is True
     assert stats["tasks"]["active"] == {"accepted": 0, "offered": 0, "queued": 0, "running": 0}
     assert set(stats["agents"]) == {"available", "busy", "draining", "offline"}
+
+
+async def test_a_node_counts_the_tasks_another_node_changes(
+    nats_server: NatsServer, postgres_url: str
+) -> None:
+    settings = HubSettings(
+        url=nats_server.url, store_url=postgres_url, server=ServerSettings(auth=False)
+    )
+    async with (
+        Hub(settings) as a,
+        HubServer(a, port=0) as srv,
+        Hub(settings) as b,
+        aiohttp.ClientSession() as http,
+    ):
+
+        async def tasks_on_a() -> tuple[float, float]:
+            async with http.get(srv.url + "/metrics") as r:
+                m = parse(await r.text())
+            queued = value(m, "fleetchat_tasks", state="queued")
+            return queued, value(m, "fleetchat_tasks_finished", state="cancelled")
+
+        assert a.coordinator.is_leader
+        assert not b.coordinator.is_leader
+        assert await tasks_on_a() == (0, 0)  # seeded from the (empty) store
+        made = [await b.tasks.submit({"paint": 1.0}, must_be_satisfiable=False) for _ in range(3)]
+        await b.tasks.cancel(made[0].id)
+        # The leader reads what b changed; the finished counter is b's (counted where saved).
+        await assert_eventually(lambda: _equal(tasks_on_a(), (2, 0)), timeout=10)
+        follower = HubMetrics(b, {})
+        try:
+            await follower.refresh()  # a follower reads the unfinished tasks
+            assert follower.tasks.active["queued"] == 2
+            assert follower.tasks.finished["cancelled"] == 0  # b's cancel came before it watched
+        finally:
+            follower.close()
+
+
+async def _equal(got: Awaitable[Any], expected: Any) -> bool:
+    return await got == expected
 
 
 def test_histogram_buckets_are_cumulative_and_end_with_every_value() -> None:

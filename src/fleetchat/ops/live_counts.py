@@ -16,11 +16,14 @@ if TYPE_CHECKING:
     from fleetchat.workflows.engine import WorkflowEngine
     from fleetchat.workflows.records import ExecutionEvent
 
-__all__ = ["RESEED_AFTER", "StepCounts", "TaskCounts"]
+__all__ = ["FOLLOWER_RESEED", "RESEED_AFTER", "StepCounts", "TaskCounts"]
 
 RESEED_AFTER = 300.0
-"""Seconds after which a node that heard of other nodes' task changes reads the unfinished
-tasks again (a broadcast may be lost); a node alone never needs to."""
+"""Seconds after which the leader, having heard of other nodes' task changes, reads the
+unfinished tasks again (a broadcast may be lost); a hub of one node never needs to."""
+FOLLOWER_RESEED = 60.0
+"""Seconds after which a node that does not lead reads the unfinished tasks again: the leader
+does not broadcast its own changes (offers, timeouts), so a follower's counts age."""
 _READ_LIMIT = 200  # more changes from other nodes than this: one full read instead
 
 
@@ -45,6 +48,7 @@ class TaskCounts:
         self._remote: dict[str, int] = {}  # changed elsewhere: id -> newest version heard
         self._touched: set[str] | None = None  # while seeding: ids the watchers updated
         self._seeded_at: float | None = None
+        self._leading = False  # whether this node led at the last seed
         self._heard_remote = False
         tasks.watchers.append(self._saved)
         tasks.remote_watchers.append(self._changed_elsewhere)
@@ -56,14 +60,18 @@ class TaskCounts:
         if self._changed_elsewhere in self._tasks.remote_watchers:
             self._tasks.remote_watchers.remove(self._changed_elsewhere)
 
-    async def refresh(self) -> None:
-        """Make the counts current: the first time (or when other nodes' changes may have been
-        missed for ``RESEED_AFTER``) read the unfinished tasks; else read what other nodes
-        changed since the last refresh."""
+    async def refresh(self, leading: bool) -> None:
+        """Make the counts current. The leader hears of every change, so it reads the
+        unfinished tasks only the first time, when it starts leading, and every
+        ``RESEED_AFTER`` once other nodes changed tasks (a broadcast may be lost); a follower
+        reads them every ``FOLLOWER_RESEED``. In between, the changes other nodes announced
+        are read one by one."""
         now = self._clock.monotonic()
-        stale = self._heard_remote and now - (self._seeded_at or now) > RESEED_AFTER
-        if self._seeded_at is None or stale or len(self._remote) > _READ_LIMIT:
-            await self._seed(now)
+        age = None if self._seeded_at is None else now - self._seeded_at
+        limit = RESEED_AFTER if leading else FOLLOWER_RESEED
+        stale = age is None or (age > limit and (self._heard_remote or not leading))
+        if stale or leading != self._leading or len(self._remote) > _READ_LIMIT:
+            await self._seed(now, leading)
             return
         pending, self._remote = self._remote, {}
         for task_id in pending:
@@ -71,7 +79,7 @@ class TaskCounts:
             if task is not None:
                 self._apply(task)
 
-    async def _seed(self, now: float) -> None:
+    async def _seed(self, now: float, leading: bool) -> None:
         self._touched = set()
         self._remote.clear()
         try:
@@ -85,6 +93,7 @@ class TaskCounts:
         self.active = Counter[str]({s: 0 for s in sorted(ACTIVE_STATES)})
         self.active.update(state for state, _ in self._active.values())
         self._seeded_at = now
+        self._leading = leading
         self._heard_remote = False
 
     def _saved(self, task: TaskRecord) -> None:

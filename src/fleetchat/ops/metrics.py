@@ -93,7 +93,7 @@ class HubMetrics:
 
     async def _refresh(self) -> Sample:
         hub = self.hub
-        await self.tasks.refresh()
+        await self.tasks.refresh(hub.coordinator.is_leader)
         leases = await hub.leases.list()
         dlq = hub.bus.channel(DLQ_CHANNEL)
         backlog = 0
@@ -130,7 +130,7 @@ class HubMetrics:
         return out
 
     def scaling(self) -> tuple[dict[str, int], dict[str, int]]:
-        """(scaling events by kind: out, in, failed; desired instances by pool)."""
+        """(scaling events by kind: out, in, restart, failed; desired instances by pool)."""
         scaler = self.hub.ops.scaling
         counts = _int_map(getattr(scaler, "counts", None))
         for kind in ("out", "in", "failed"):
@@ -299,7 +299,7 @@ class _HubCollector:
         yield _labelled(
             CounterMetricFamily,
             "fleetchat_scaling_events",
-            "Autoscaler actions by direction: out, in, failed.",
+            "Autoscaler actions by direction: out, in, restart, failed.",
             ["direction"],
             events,
         )

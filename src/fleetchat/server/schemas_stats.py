@@ -92,6 +92,6 @@ class StatsSummary(msgspec.Struct, kw_only=True):
     """Registered agents by status: available, busy, draining, offline."""
     channels: int
     scaling_events: dict[str, int]
-    """Autoscaler actions by direction: out, in, failed."""
+    """Autoscaler actions by direction: out, in, restart, failed."""
     scaling_desired: dict[str, int]
     """Desired instances by pool."""
