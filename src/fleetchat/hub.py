@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import urlparse
 
 import msgspec
@@ -34,6 +35,9 @@ from fleetchat.registry.sync import RegistrySync
 from fleetchat.tasks.runtime import TaskRuntime
 from fleetchat.types import Clock, Priority, SystemClock, check_agent_id
 from fleetchat.workflows.service import WorkflowService
+
+if TYPE_CHECKING:
+    from fleetchat.ops.tracing import HubTracer
 
 __all__ = ["Hub", "parse_url"]
 
@@ -105,6 +109,8 @@ class Hub:
         kind, path = parse_url(self.settings.url)
         chat = self.settings.chat
         self._db: SqliteDatabase | None = None
+        self.database_path: Path | None = path if kind == "sqlite" else None
+        """The SQLite file of an embedded hub (None for other backends)."""
         self._pg: Any = None  # the PostgresDatabase of a distributed store
         self._receipts = Receipts()
         self.metrics = DeliveryMetrics(self.clock, self._receipts)
@@ -180,6 +186,14 @@ class Hub:
         self.workflows = WorkflowService(self, store, self.bus, self.clock)
         # -- operations: health, failure detection, backups, autoscaling (docs/operations.md)
         self.ops = Operations(self)
+        self.tracer: HubTracer | None = None
+        """OpenTelemetry spans of this hub; None while tracing is off (docs/tracing.md)."""
+        if self.settings.telemetry.tracing:  # OpenTelemetry is imported only when used
+            from fleetchat.ops.tracing import HubTracer
+
+            self.tracer = HubTracer(self.settings.telemetry)
+            self._publisher.tracer = self.tracer
+            self._tasks.trace(self.tracer)
         self._state: Literal["new", "open", "closed"] = "new"
 
     @classmethod
@@ -196,6 +210,11 @@ class Hub:
         if url is not None:
             settings = dataclasses.replace(settings, url=url)
         return cls(settings, clock=clock)
+
+    @property
+    def state(self) -> Literal["new", "open", "closed"]:
+        """``new`` until started, ``open`` while serving, then ``closed``."""
+        return self._state
 
     async def start(self) -> None:
         if self._state != "new":
@@ -237,6 +256,8 @@ class Hub:
             await self._db.close()
         if self._pg is not None:
             await self._pg.close()
+        if self.tracer is not None:  # the last spans go out (a blocking flush: in a thread)
+            await asyncio.to_thread(self.tracer.shutdown)
 
     def _on_leadership(self, leading: bool, epoch: int) -> None:
         """The leader runs the singleton loops: the task scheduler (failure detection next)."""

@@ -25,7 +25,7 @@ MessageKind = Literal["chat", "task", "result", "request", "reply", "system"]
 ChannelType = Literal["task", "broadcast", "direct", "system", "chat"]
 AgentStatus = Literal["available", "busy", "draining", "offline"]
 ReceiptStatus = Literal["delivered", "dead_lettered", "expired"]
-FailReason = Literal["ack_timeout", "nacked", "rejected"]
+FailReason = Literal["ack_timeout", "nacked", "rejected", "stalled"]
 
 
 class Message(msgspec.Struct, kw_only=True, omit_defaults=True):

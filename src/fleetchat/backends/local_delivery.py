@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from fleetchat.backends.local_member import Batch, MemberState, resolve, wait_for_batch
+from fleetchat.backends.ports import MemberStats
 from fleetchat.config import ChatSettings
 from fleetchat.errors import ClosedError
 from fleetchat.models import DeadLetter, FailReason, Message
@@ -22,6 +23,7 @@ from fleetchat.types import PRIORITIES, Clock, new_id
 
 if TYPE_CHECKING:
     from fleetchat.backends.ports import DeliveryObserver
+    from fleetchat.models import Channel
 
 __all__ = ["DLQ_CHANNEL", "HUB_SENDER", "Consuming", "dead_letter_message", "resolve"]
 
@@ -43,6 +45,8 @@ class Consuming:
     if TYPE_CHECKING:
 
         def _member(self, member_id: str) -> MemberState: ...
+
+        def channel(self, name: str) -> Channel | None: ...
 
         def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
 
@@ -258,6 +262,60 @@ class Consuming:
         # Back in the order they were committed, ahead of everything still queued.
         returned.sort(key=lambda m: (m.created_at, m.seq))
         self._requeue(member, returned, False)
+
+    # -- health (docs/operations.md) ----------------------------------------------------------
+
+    def member_stats(self) -> list[MemberStats]:
+        """The delivery queue of every member served here: what waits, what is out, how old
+        the oldest is, and how much is still in the log beyond what was paged in."""
+        out = []
+        for member in self._members.values():
+            oldest = min(
+                (lane[0].created_at for lane in member.lanes if lane),
+                default=None,
+            )
+            for batch in member.batches:
+                for m, still_open in zip(batch.items, batch.open, strict=True):
+                    if still_open and (oldest is None or m.created_at < oldest):
+                        oldest = m.created_at
+            backlog = 0
+            for name in member.lagging:
+                channel = self.channel(name)
+                cursor = member.cursors.get(name)
+                if channel is not None and cursor is not None:
+                    backlog += max(channel.last_seq - cursor.fetched, 0)
+            out.append(
+                MemberStats(
+                    member=member.id,
+                    queued=member.queued + member.delayed,
+                    inflight=member.inflight,
+                    backlog=backlog,
+                    oldest=oldest,
+                    consumers=len(member.listeners) + len({b.consumer for b in member.batches}),
+                )
+            )
+        return out
+
+    def park_stalled(self, member_id: str, older_than: float) -> int:
+        """Dead-letter (reason ``stalled``) the queued deliveries of ``member_id`` committed
+        before ``older_than``; what is in flight keeps its ack timeout. Returns how many."""
+        member = self._members.get(member_id)
+        if member is None:
+            return 0
+        parked = 0
+        for lane in member.lanes:
+            old = [m for m in lane if m.created_at < older_than]
+            if not old:
+                continue
+            lane[:] = [m for m in lane if m.created_at >= older_than]
+            member.queued -= len(old)
+            for m in old:
+                if m.seq:
+                    self._dead_letter(member, m, member.retries.get(m.id, 0), "stalled")
+                    parked += 1
+        if parked:
+            self._after_room(member)
+        return parked
 
     def _after_room(self, member: MemberState) -> None:
         if member.lagging:

@@ -205,9 +205,13 @@ class MemoryStore:
         self._definitions: dict[tuple[str, str], DefinitionRecord] = {}
         self._executions: dict[str, ExecutionRecord] = {}
         self._events: dict[str, list[ExecutionEvent]] = {}
+        self._probes: dict[str, float] = {}
 
     async def start(self) -> None:
         return None
+
+    async def probe(self, node: str, now: float) -> None:
+        self._probes[node] = now
 
     async def save_definition(self, record: DefinitionRecord) -> bool:
         key = (record.name, record.version)

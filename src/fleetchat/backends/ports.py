@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from fleetchat.tasks.records import TaskRecord
     from fleetchat.workflows.records import DefinitionRecord, ExecutionEvent, ExecutionRecord
 
-__all__ = ["Bus", "ChannelLog", "Coordinator", "CursorRecord", "DeliveryObserver", "Store"]
+__all__ = [
+    "Bus",
+    "ChannelLog",
+    "Coordinator",
+    "CursorRecord",
+    "DeliveryObserver",
+    "MemberStats",
+    "Store",
+]
 
 
 class CursorRecord(msgspec.Struct, array_like=True):
@@ -38,6 +46,22 @@ class CursorRecord(msgspec.Struct, array_like=True):
     """Settled seqs above the floor (acks arrive out of order across priorities)."""
     retries: dict[str, int] = {}
     """Message id -> failed attempts so far, for messages being retried."""
+
+
+class MemberStats(msgspec.Struct, kw_only=True):
+    """One member's delivery queue on this node (what the health checks read)."""
+
+    member: str
+    queued: int
+    """Deliveries waiting to be handed out (retries waiting for their backoff included)."""
+    inflight: int
+    """Handed out, not yet acked."""
+    backlog: int
+    """Committed in the member's channels but not yet paged into its queue."""
+    oldest: float | None
+    """``created_at`` of the oldest delivery waiting or in flight (None: nothing)."""
+    consumers: int
+    """Consumers attached (waiting for deliveries or holding some)."""
 
 
 class ChannelLog(Protocol):
@@ -112,6 +136,14 @@ class Store(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    async def probe(self, node: str, now: float) -> None:
+        """One small real write (the health check times it): ``node``'s row in a probe table.
+
+        Raises:
+            BackendError: the database refused or failed the write.
+        """
+        ...
 
     async def save_agent(self, agent: AgentInfo) -> None: ...
 
@@ -293,6 +325,15 @@ class Bus(Protocol):
     def detach(self, member: str, consumer: int) -> None: ...
 
     def settle_through(self, member: str, channel: str, seq: int) -> int: ...
+
+    def member_stats(self) -> list[MemberStats]:
+        """The delivery queue of every member served by this node."""
+        ...
+
+    def park_stalled(self, member: str, older_than: float) -> int:
+        """Dead-letter (reason ``stalled``) ``member``'s queued deliveries committed before
+        ``older_than``; returns how many."""
+        ...
 
     async def purge(self, channel: str) -> int: ...
 

@@ -351,6 +351,14 @@ class PostgresStore(PostgresLeases, PostgresTasks, PostgresWorkflows):
         self._agents = {a.id: a for a in (_decode_agent(r[0]) for r in agents)}
         self._tokens = {t.sha256: t for t in (_decode_token(r[0]) for r in tokens)}
 
+    async def probe(self, node: str, now: float) -> None:
+        await self.db.execute(
+            "INSERT INTO health_probe (node, at) VALUES ($1, $2) "
+            "ON CONFLICT (node) DO UPDATE SET at = EXCLUDED.at",
+            node,
+            now,
+        )
+
     async def save_agent(self, agent: AgentInfo) -> None:
         data = _encode(agent)
         await self.db.execute(

@@ -102,6 +102,13 @@ CREATE TABLE execution_events (
 );
 """,
     ),
+    (
+        5,
+        "health probe",
+        """
+CREATE TABLE health_probe (node text PRIMARY KEY, at double precision NOT NULL);
+""",
+    ),
 ]
 """(version, name, SQL), in version order."""
 

@@ -29,12 +29,22 @@ class SqliteStore(SqliteLeases, SqliteTasks, SqliteWorkflows):
         self.db = db
 
     async def start(self) -> None:
+        await self.db.write(
+            lambda c: c.execute(
+                "CREATE TABLE IF NOT EXISTS health_probe (node TEXT PRIMARY KEY, at REAL NOT NULL)"
+            )
+        )
         await self._create_lease_table()
         await self._create_task_table()
         await self._create_workflow_tables()
 
     async def close(self) -> None:
         return None
+
+    async def probe(self, node: str, now: float) -> None:
+        await self.db.write(
+            lambda c: c.execute("INSERT OR REPLACE INTO health_probe VALUES (?, ?)", (node, now))
+        )
 
     async def save_agent(self, agent: AgentInfo) -> None:
         data = _encode(agent)

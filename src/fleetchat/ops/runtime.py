@@ -7,6 +7,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from fleetchat.ops.backup import BackupService
+from fleetchat.ops.detector import FailureDetector
+from fleetchat.ops.health import HealthMonitor
 from fleetchat.ops.journal import OpsJournal
 from fleetchat.ops.scaling import Autoscaler
 
@@ -24,6 +26,8 @@ class Operations:
 
     Attributes:
         journal: the records on ``$ops`` and alerts on ``$alerts``.
+        health: the health checks (every node).
+        detector: failure detection and recovery (the leader).
         backups: snapshots and restores (:mod:`fleetchat.ops.backup`).
         scaling: the autoscaler (:mod:`fleetchat.ops.scaling`).
     """
@@ -32,6 +36,8 @@ class Operations:
         self._hub = hub
         settings = hub.settings
         self.journal = OpsJournal(hub.bus, hub.clock, settings.chat.publish_timeout)
+        self.health = HealthMonitor(hub, settings.health)
+        self.detector = FailureDetector(hub, self.health, self.journal)
         self.backups = BackupService(hub, settings.backup)
         self.scaling = Autoscaler(hub, settings.scaling)
         self._leading = False
@@ -48,16 +54,19 @@ class Operations:
         """This node became (or stopped being) the leader: start (or stop) the loops."""
         self._leading = leading
         if self._open:
+            self.detector.lead(leading)
             self.backups.lead(leading)
             self.scaling.lead(leading)
 
     async def close(self) -> None:
         self._open = False
+        await self.detector.stop()
         await self.scaling.close()
         await self.backups.close()
 
     def reconfigure(self, settings: HubSettings) -> None:
         """New settings, already validated, taking effect now."""
         self.journal.publish_timeout = settings.chat.publish_timeout
+        self.health.settings = settings.health
         self.backups.reconfigure(settings.backup)
         self.scaling.reconfigure(settings.scaling)
