@@ -137,6 +137,8 @@ class Reply(_Frame, tag="reply"):
 
     tag: int
     body: Any = None
+    headers: dict[str, str] = {}
+    """The reply message's headers, for example ``traceparent`` (docs/tracing.md)."""
 
 
 class TaskReport(_Frame, tag="task"):
@@ -155,6 +157,8 @@ class TaskReport(_Frame, tag="task"):
     progress: float | None = None
     cost: float | None = None
     eta: float | None = None
+    traceparent: str | None = None
+    """The agent's W3C trace context: a result continues this trace (docs/tracing.md)."""
 
 
 class Heartbeat(_Frame, tag="heartbeat"):

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from fleetchat.chat.channels import ChannelRegistry
     from fleetchat.config import ChatSettings
     from fleetchat.ops.gate import AdmissionGate
+    from fleetchat.ops.tracing import HubTracer
 
 __all__ = ["Publisher", "build_message"]
 
@@ -123,6 +124,8 @@ class Publisher:
         self._clock = clock
         self._settings = settings
         self._gate = gate
+        self.tracer: HubTracer | None = None
+        """Set by the Hub when tracing is on: each publish is a ``publish`` span."""
 
     async def publish(
         self,
@@ -170,5 +173,7 @@ class Publisher:
         if self._gate is not None:
             self._gate.check(message.priority)
         wait = self._settings.publish_timeout if timeout is None else timeout
+        if self.tracer is not None:
+            return await self.tracer.publish(self._bus, message, wait)
         (committed,) = await self._bus.publish([message], wait)
         return committed

@@ -58,6 +58,9 @@ class Agent(AgentCore):
         connect_timeout: how long ``start()`` keeps trying to reach the hub; 0 tries once.
         drain_timeout: how long ``close()`` waits for running handlers. Default 10 s.
         dedupe_size: message ids remembered to drop redeliveries (LRU). Default 10,000.
+        tracer_provider: an OpenTelemetry TracerProvider: the agent continues the traces of
+            the messages and tasks it handles (docs/tracing.md). Default: the process's global
+            provider, when one was set before ``start()``; else no tracing.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class Agent(AgentCore):
         connect_timeout: float = 10.0,
         drain_timeout: float = 10.0,
         dedupe_size: int = 10_000,
+        tracer_provider: Any = None,
     ) -> None:
         super().__init__(
             agent_id,
@@ -89,10 +93,11 @@ class Agent(AgentCore):
             connect_timeout=connect_timeout,
             drain_timeout=drain_timeout,
             dedupe_size=dedupe_size,
+            tracer_provider=tracer_provider,
         )
         self._leases: LeaseClient | None = None
         self._lease_rest: HubClient | None = None
-        self._tasks = TaskRunner(self._task_call, capacity)
+        self._tasks = TaskRunner(self._task_call, capacity, self._tracing)
         # The hub's task notices (offers, cancels, calls for proposals) only: other "task"
         # messages go to the agent's own handlers and streams.
         self._dispatcher.add_handler(self._tasks.on_notice, None, "task", sender="$hub")
@@ -269,7 +274,7 @@ class Agent(AgentCore):
             priority=parse_priority(priority),
             kind=kind,
             expires_in=expires_in,
-            headers=dict(headers or {}),
+            headers=self._tracing.headers(headers),
         )
         published: p.Published = await self._call(frame, timeout=timeout)
         return published

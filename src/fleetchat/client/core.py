@@ -19,6 +19,7 @@ from fleetchat import protocol as p
 from fleetchat.client.calls import CallFrame, CallTable, request_timeout
 from fleetchat.client.connection import Connection
 from fleetchat.client.dispatch import AgentStats, Dispatcher
+from fleetchat.client.tracing import AgentTracing
 from fleetchat.client.wire import Backoff, HubUnavailableError, ServerFrame, ws_url
 from fleetchat.errors import ClosedError, FleetchatError, InvalidInputError
 from fleetchat.types import check_agent_id, new_id
@@ -52,6 +53,7 @@ class AgentCore:
         connect_timeout: float,
         drain_timeout: float,
         dedupe_size: int,
+        tracer_provider: Any = None,
     ) -> None:
         self.agent_id = check_agent_id(agent_id)
         for name, value in (("concurrency", concurrency), ("window", window)):
@@ -68,6 +70,7 @@ class AgentCore:
         self.connect_timeout = connect_timeout
         self.drain_timeout = drain_timeout
         self._dispatcher = Dispatcher(self, concurrency=concurrency, dedupe_size=dedupe_size)
+        self._tracing = self._dispatcher.tracing = AgentTracing(tracer_provider)
         self._channels: set[str] = set()
         self._calls = CallTable()
         self._resources: dict[str, Any] | None = None
@@ -107,6 +110,7 @@ class AgentCore:
         if self._state != "new":
             raise ClosedError(f"the agent is {self._state}; create a new one")
         self._state = "running"
+        self._tracing.resolve()
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, connect=max(self.connect_timeout, 5.0))
         )

@@ -46,6 +46,8 @@ class Outcome:
     body: object = None
     delay: float | None = None
     dead_letter: bool = False
+    headers: dict[str, str] | None = None
+    """A reply's headers (its trace context)."""
 
 
 ACK = Outcome("ack")

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from fleetchat import protocol as p
 from fleetchat.client.delivery import ACK, DedupeCache, Item, Nack, Outcome
 from fleetchat.client.stream import MessageStream
+from fleetchat.client.tracing import AgentTracing
 from fleetchat.models import Message
 
 __all__ = ["AgentStats", "Dispatcher", "Link", "MessageHandler", "RequestHandler"]
@@ -81,6 +82,8 @@ class Dispatcher:
         self._idle.set()
         self.draining = False
         self.stats = AgentStats()
+        self.tracing = AgentTracing()
+        """Replaced by the agent's own; handlers run in ``handle`` spans while it traces."""
 
     # -- registration ---------------------------------------------------------------------
 
@@ -178,7 +181,12 @@ class Dispatcher:
             self._running += 1
             self._idle.clear()
             try:
-                outcome = await self._run(item, routes)
+                if self.tracing.tracer is None:
+                    outcome = await self._run(item, routes)
+                else:
+                    outcome = await self.tracing.handle(
+                        item.message, lambda: self._run(item, routes)
+                    )
             finally:
                 self._running -= 1
                 if self._running == 0:
@@ -224,7 +232,8 @@ class Dispatcher:
         for i, (generation, tag) in enumerate(live):
             last = i == len(live) - 1
             if last and outcome.kind == "reply":
-                self._link.send_later(generation, p.Reply(tag=tag, body=outcome.body))
+                reply = p.Reply(tag=tag, body=outcome.body, headers=outcome.headers or {})
+                self._link.send_later(generation, reply)
                 self._link.ack(generation, tag, by_tag=False)
             elif last and outcome.kind == "nack":
                 self._link.send_later(

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fleetchat import protocol as p
+from fleetchat.client.tracing import AgentTracing
 from fleetchat.errors import FleetchatError, TaskNotHeldError
 from fleetchat.models import Message
 from fleetchat.types import new_id
@@ -63,9 +64,10 @@ class CallForProposals:
 class TaskRunner:
     """Runs an agent's tasks: at most ``capacity`` at once (more offers are rejected)."""
 
-    def __init__(self, call: Call, capacity: int) -> None:
+    def __init__(self, call: Call, capacity: int, tracing: AgentTracing | None = None) -> None:
         self._call = call
         self.capacity = capacity
+        self._tracing = tracing or AgentTracing()
         self.handler: Callable[[TaskWork], Awaitable[Any]] | None = None
         self.accept: Callable[[TaskWork], bool] | None = None
         self.bidder: Callable[[CallForProposals], Awaitable[tuple[float, float] | None]] | None = (
@@ -114,6 +116,9 @@ class TaskRunner:
     async def _run(self, work: TaskWork) -> None:
         assert self.handler is not None
         beat: asyncio.Task[None] | None = None
+        # The task's span is current in this asyncio task: its reports carry the trace.
+        span = self._tracing.begin("task", {"fleetchat.task_id": work.id, "attempt": work.attempt})
+        error: BaseException | None = None
         try:
             try:
                 await self._send(work.id, "start", work.attempt)
@@ -127,6 +132,7 @@ class TaskRunner:
                 raise
             except Exception as exc:  # the handler's failure is the task's
                 self.failed += 1
+                error = exc
                 log.warning("task handler failed", extra={"task": work.id}, exc_info=True)
                 await self._send(
                     work.id, "fail", work.attempt, error=f"{type(exc).__name__}: {exc}"
@@ -145,6 +151,7 @@ class TaskRunner:
                 beat.cancel()
             self.running.pop(work.id, None)
             self.works.pop(work.id, None)
+            self._tracing.end(span, error)
 
     async def _beat(self, work: TaskWork) -> None:
         interval = max((work.heartbeat or 1.0) / 3, 0.05)
@@ -157,8 +164,16 @@ class TaskRunner:
         await self._send(work.id, action, work.attempt, **fields)
 
     async def _send(self, task: str, action: str, attempt: int | None, **fields: Any) -> None:
+        traceparent = self._tracing.traceparent()
         await self._call(
-            p.TaskReport(id=new_id(), task=task, action=action, attempt=attempt, **fields)  # type: ignore[arg-type]
+            p.TaskReport(
+                id=new_id(),
+                task=task,
+                action=action,  # type: ignore[arg-type]
+                attempt=attempt,
+                traceparent=traceparent,
+                **fields,
+            )
         )
 
     async def stop(self) -> None:

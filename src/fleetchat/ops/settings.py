@@ -227,7 +227,12 @@ class TelemetrySettings:
     service_name: str = "fleetchat"
     """The ``service.name`` of this hub's spans."""
     sample_ratio: float = 1.0
-    """Fraction of new traces recorded (a message carrying a trace context follows it)."""
+    """Fraction of new traces recorded (a message carrying a trace context follows it).
+    Default 1."""
+    keep_spans: int = 1000
+    """Finished spans kept in memory (``hub.tracer.recent``) when ``otlp_endpoint`` is "".
+    Default 1000."""
 
     def __post_init__(self) -> None:
         _fraction(self, "sample_ratio")
+        _positive(self, "keep_spans")

@@ -129,6 +129,9 @@ class Outbound:
         if parts:
             frames.append(_deliver_frame(first_tag, parts, attempts))
         self.next_tag = tag
+        if self.hub.tracer is not None:
+            for batch in batches:
+                self.hub.tracer.delivered(self.agent_id, batch.items, batch.attempts)
         for frame in frames:
             if self.ws.closed:
                 return

@@ -277,7 +277,9 @@ class AgentSession(Outbound):
                 raise InvalidInputError(
                     f"no request was delivered with tag {frame.tag}", field="tag"
                 )
-            await self.hub.requests.reply(request, frame.body, sender=self.agent_id)
+            await self.hub.requests.reply(
+                request, frame.body, sender=self.agent_id, headers=frame.headers or None
+            )
         else:  # a second hello
             raise InvalidInputError("hello was already received", field="type")
 

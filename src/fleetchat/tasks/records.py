@@ -112,6 +112,8 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     ``best``)."""
     dropped_results: int = 0
     """Late or duplicate results, dropped."""
+    traceparent: str | None = None
+    """The W3C trace context of its ``task.submit`` span, when traced: offers carry it."""
     version: int = 0
 
     @property

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from fleetchat.backends.ports import Bus, Store
     from fleetchat.chat.channels import ChannelRegistry
     from fleetchat.config import HubSettings
+    from fleetchat.ops.tracing import HubTracer
     from fleetchat.registry.agents import AgentRegistry
-    from fleetchat.tasks.records import TaskEvent
+    from fleetchat.tasks.records import TaskEvent, TaskRecord
     from fleetchat.types import Clock
 
 __all__ = ["TaskRuntime"]
@@ -54,6 +55,21 @@ class TaskRuntime:
         self._work: set[asyncio.Task[Any]] = set()
         self._leading = False
         self._open = False
+        self.tracer: HubTracer | None = None
+        self._offer_traces: dict[str, str] = {}  # task id -> traceparent of its offer span
+
+    def trace(self, tracer: HubTracer) -> None:
+        """Trace tasks (tracing on): submits, offers (their notices carry the trace)."""
+        self.tracer = self.service.tracer = tracer
+        self.service.watchers.append(self._traced)
+
+    def _traced(self, task: TaskRecord) -> None:
+        if task.state == "offered" and task.traceparent and self.tracer is not None:
+            tp = self.tracer.offered(task)
+            if tp is not None:
+                if len(self._offer_traces) > 10_000:  # notices that never went out
+                    self._offer_traces.clear()
+                self._offer_traces[task.id] = tp
 
     async def start(self, leading: bool) -> None:
         if self._bus.channel(TASKS_CHANNEL) is None:
@@ -103,14 +119,22 @@ class TaskRuntime:
         """An offer, cancel or call for proposals: to ``@agent``'s inbox or a channel."""
         if target.startswith("@") and self._bus.channel(target) is None:
             await self._channels.ensure_inbox(target[1:])
-        await self._post(target, body, "task", priority)
+        tp = self._offer_traces.pop(body["task"], None) if self._offer_traces else None
+        await self._post(target, body, "task", priority, tp)
 
     async def _post(
-        self, channel: str, body: Any, kind: MessageKind, priority: Priority | None
+        self,
+        channel: str,
+        body: Any,
+        kind: MessageKind,
+        priority: Priority | None,
+        traceparent: str | None = None,
     ) -> None:
         """A message from the hub itself (sender ``$hub``)."""
         now = self._clock.time()
         message = hub_message(channel, body, now, kind=kind, priority=priority or Priority.NORMAL)
+        if traceparent is not None:
+            message.headers = {"traceparent": traceparent}
         try:
             await self._bus.publish([message], self._settings.chat.publish_timeout)
         except FleetchatError as exc:

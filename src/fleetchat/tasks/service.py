@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from fleetchat.backends.ports import Bus, Store
     from fleetchat.config import RegistrySettings, TaskSettings
     from fleetchat.ops.gate import AdmissionGate
+    from fleetchat.ops.tracing import HubTracer
     from fleetchat.registry.agents import AgentRegistry
     from fleetchat.types import Clock
 
@@ -103,6 +104,8 @@ class TaskService(AgentReports):
         """Set by the Hub: publishes a transition on ``$tasks``."""
         self.gate: AdmissionGate | None = None
         """Set by the Hub: refuses new low-priority tasks while the hub is degraded."""
+        self.tracer: HubTracer | None = None
+        """Set by the Hub when tracing is on: each submit is a ``task.submit`` span."""
         bus.on_broadcast(_BROADCAST, self._on_broadcast)
 
     # -- submit and read ----------------------------------------------------------------------
@@ -125,6 +128,7 @@ class TaskService(AgentReports):
         estimate: float | None = None,
         submitted_by: str = "",
         must_be_satisfiable: bool | None = None,
+        traceparent: str | None = None,
     ) -> TaskRecord:
         """Queue a task for the agents that have ``required`` ({capability: weight}), or for
         ``agent_id`` only. A second submit with the same ``idempotency_key`` returns the first
@@ -136,6 +140,9 @@ class TaskService(AgentReports):
             UnsatisfiableError: no registered agent could ever take it (unless
                 ``tasks.reject_unsatisfiable`` is off, or ``must_be_satisfiable`` is False:
                 the workflow engine's tasks wait for an agent that can).
+
+        With tracing on, the task's trace continues ``traceparent`` (W3C), else the current
+        context, and its offers carry it (docs/tracing.md).
         """
         if idempotency_key is not None:
             if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 200:
@@ -169,7 +176,13 @@ class TaskService(AgentReports):
             if must_be_satisfiable is None
             else must_be_satisfiable,
         )
-        if not await self._store.save_task(task, 0):
+        span = None if self.tracer is None else self.tracer.submitting(task, traceparent)
+        try:
+            saved = await self._store.save_task(task, 0)
+        finally:
+            if span is not None:
+                span.end()
+        if not saved:
             if idempotency_key is not None:  # submitted at the same moment elsewhere
                 existing = await self._store.find_task(idempotency_key)
                 if existing is not None:

@@ -110,6 +110,8 @@ class EngineGlue:
                 "attempt": run.attempt,
             },
         }
+        tracer = self._hub.tracer
+        trace = None if tracer is None else tracer.step(execution, run.step, run.attempt)
         return await self.tasks.submit(
             step.agent.capabilities,
             payload=payload,
@@ -123,6 +125,7 @@ class EngineGlue:
             max_retries=0,  # the step's own retry policy decides
             submitted_by=f"workflow:{execution.id}",
             must_be_satisfiable=False,  # agents may register later: the task waits
+            traceparent=trace,
         )
 
     async def cancel_task(self, key: str, reason: str) -> None:

@@ -125,6 +125,8 @@ class ExecutionRecord(msgspec.Struct, kw_only=True):
     """execution_timeout."""
     events: int = 0
     """Events recorded so far (the next event's seq is events + 1)."""
+    traceparent: str | None = None
+    """The W3C trace context of its ``workflow.execution`` span, when traced: steps carry it."""
     version: int = 0
 
     @property

@@ -235,6 +235,8 @@ class WorkflowService(EngineGlue):
             if definition.execution_timeout is None
             else now + definition.execution_timeout,
         )
+        if self._hub.tracer is not None:
+            self._hub.tracer.execution(execution)
         if not await self.store.save_execution(execution, 0, []):
             existing = await self.store.load_execution(execution.id)
             if existing is not None and execution_id is not None:
