@@ -138,3 +138,16 @@ async def test_a_manual_resize_is_checked_and_recorded(hub: Hub, clock: FakeCloc
     assert (event["kind"], event["from"], event["to"], event["ok"]) == ("manual", 1, 3, True)
     assert (await hub.ops.scaling.events())[-1]["kind"] == "manual"
     assert hub.ops.scaling.counts["out"] == 1
+
+
+async def test_a_changed_pool_keeps_its_size_within_its_new_bounds(
+    hub: Hub, clock: FakeClock
+) -> None:
+    configure(hub, p=NOOP)
+    await rounds_reach(hub, 1)
+    await hub.ops.scaling.scale("p", 3)
+    configure(hub, p=dataclasses.replace(NOOP, max=2))
+    await rounds_reach(hub, 2)
+    assert hub.ops.scaling.desired == {"p": 2}
+    last = (await hub.ops.scaling.events())[-1]
+    assert (last["kind"], last["to"], last["ok"]) == ("restart", 2, True)

@@ -202,17 +202,24 @@ class Autoscaler:
     async def _sync_pools(self) -> None:
         """Follow the settings: new pools get an actuator, changed ones a new one."""
         wanted = self.settings.pools
+        kept: dict[str, _Pool] = {}  # a changed pool keeps its size (in bounds) and cooldowns
         for name in [n for n, p in self._pools.items() if wanted.get(n) != p.settings]:
-            await self._pools.pop(name).actuator.close()
+            old = self._pools.pop(name)
+            kept[name] = old
+            await old.actuator.close()
             self.desired.pop(name, None)
         for name, settings in wanted.items():
             if name not in self._pools:
                 actuator = make_actuator(
                     name, settings, self._hub.clock, lambda: self.signal("worker exited")
                 )
-                known = actuator.size()
-                start = known if known is not None else await self._last_size(name)
+                start = actuator.size()  # a new process pool: 0, then the policies' min
+                if name in kept or start is None:
+                    last = kept[name].desired if name in kept else await self._last_size(name)
+                    start = min(max(last, settings.min), settings.max)
                 self._pools[name] = _Pool(settings, actuator, start)
+                if name in kept:
+                    self._pools[name].cooldowns = kept[name].cooldowns
                 self.desired[name] = start
 
     async def _last_size(self, name: str) -> int:
@@ -221,7 +228,7 @@ class Autoscaler:
         pool = self.settings.pools[name]
         for event in reversed(await self._hub.ops.journal.read(kind="scaling", limit=500)):
             if event.get("pool") == name and event.get("ok") and isinstance(event.get("to"), int):
-                return min(max(int(event["to"]), pool.min), pool.max)
+                return int(event["to"])
         return pool.min
 
     async def _evaluate_pool(
