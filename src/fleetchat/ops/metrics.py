@@ -162,10 +162,6 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, value=value)
-
-
 def _labelled(
     kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
     name: str,
