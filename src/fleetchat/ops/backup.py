@@ -103,6 +103,11 @@ class BackupService:
             return path.with_name(path.name + ".backups")
         return Path(_DEFAULT_DIRECTORY) if kind == "nats" else None
 
+    @property
+    def location(self) -> Path:
+        """Where a snapshot taken now goes: :attr:`directory`, else ``fleetchat-backups``."""
+        return self.directory or Path(_DEFAULT_DIRECTORY)
+
     async def start(self) -> None:
         """Called once the hub's services are open (every node)."""
         self._open = True
@@ -169,7 +174,7 @@ class BackupService:
         return out
 
     def _files(self) -> builtins.list[Path]:
-        directory = self.directory or Path(_DEFAULT_DIRECTORY)
+        directory = self.location
         if not directory.is_dir():
             return []
         return sorted(directory.glob(f"{PREFIX}*.db"))
@@ -189,7 +194,7 @@ class BackupService:
     async def _take(self, target: Path | None) -> BackupInfo:
         async with self._lock:
             started = time.monotonic()
-            where = str(target or self.directory or _DEFAULT_DIRECTORY)
+            where = str(target or self.location)
             try:
                 path = await asyncio.to_thread(self._new_name) if target is None else target
                 where = str(path)
@@ -217,7 +222,7 @@ class BackupService:
             return info
 
     def _new_name(self) -> Path:
-        directory = self.directory or Path(_DEFAULT_DIRECTORY)
+        directory = self.location
         directory.mkdir(parents=True, exist_ok=True)
         # Named by the wall clock (an injected test clock may stand still): names sort by time.
         at = dt.datetime.fromtimestamp(time.time(), dt.UTC)
