@@ -202,10 +202,10 @@ class Autoscaler:
     async def _sync_pools(self) -> None:
         """Follow the settings: new pools get an actuator, changed ones a new one."""
         wanted = self.settings.pools
-        kept: dict[str, _Pool] = {}  # a changed pool keeps its size (in bounds) and cooldowns
+        kept: dict[str, tuple[int, Cooldowns]] = {}  # a changed pool keeps size and cooldowns
         for name in [n for n, p in self._pools.items() if wanted.get(n) != p.settings]:
             old = self._pools.pop(name)
-            kept[name] = old
+            kept[name] = (old.desired, old.cooldowns)
             await old.actuator.close()
             self.desired.pop(name, None)
         for name, settings in wanted.items():
@@ -213,23 +213,28 @@ class Autoscaler:
                 actuator = make_actuator(
                     name, settings, self._hub.clock, lambda: self.signal("worker exited")
                 )
-                start = actuator.size()  # a new process pool: 0, then the policies' min
-                if name in kept or start is None:
-                    last = kept[name].desired if name in kept else await self._last_size(name)
-                    start = min(max(last, settings.min), settings.max)
-                self._pools[name] = _Pool(settings, actuator, start)
-                if name in kept:
-                    self._pools[name].cooldowns = kept[name].cooldowns
-                self.desired[name] = start
+                last = kept.get(name)
+                if last is None and actuator.size() is None:
+                    last = await self._last_recorded(name)
+                if last is None:  # a new process pool: 0 workers, then the policies' min
+                    self._pools[name] = _Pool(settings, actuator, 0)
+                else:
+                    start = min(max(last[0], settings.min), settings.max)
+                    self._pools[name] = _Pool(settings, actuator, start, last[1])
+                self.desired[name] = self._pools[name].desired
 
-    async def _last_size(self, name: str) -> int:
-        """A remote pool's size from its last recorded resize (else its ``min``), so a new
-        leader carries on from the old one."""
-        pool = self.settings.pools[name]
+    async def _last_recorded(self, name: str) -> tuple[int, Cooldowns]:
+        """A remote pool's size and cooldowns from its last recorded resize (else its
+        ``min``), so a new leader carries on from the old one."""
+        settings = self.settings.pools[name]
         for event in reversed(await self._hub.ops.journal.read(kind="scaling", limit=500)):
-            if event.get("pool") == name and event.get("ok") and isinstance(event.get("to"), int):
-                return int(event["to"])
-        return pool.min
+            to, previous, at = event.get("to"), event.get("from"), event.get("at")
+            if event.get("pool") == name and event.get("ok") and isinstance(to, int):
+                at = float(at) if isinstance(at, int | float) else None
+                grew = isinstance(previous, int) and to > previous
+                cooldowns = Cooldowns(last_out=at if grew else None, last_change=at)
+                return to, cooldowns
+        return settings.min, Cooldowns()
 
     async def _evaluate_pool(
         self, name: str, pool: _Pool, metrics: PoolMetrics
