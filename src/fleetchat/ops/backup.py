@@ -18,8 +18,9 @@ import datetime as dt
 import logging
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -86,7 +87,8 @@ class BackupService:
         self._hub = hub
         self.settings = settings
         self._loop_task: asyncio.Task[None] | None = None
-        self._jobs: set[asyncio.Task[BackupInfo]] = set()
+        # Every task of this service (the loop, snapshots), until done: close() awaits them.
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()
         self._open = False
 
@@ -115,9 +117,7 @@ class BackupService:
     def lead(self, leading: bool) -> None:
         """Start (or stop) the periodic snapshots."""
         if leading and self._open and self._loop_task is None:
-            self._loop_task = asyncio.get_running_loop().create_task(
-                self._loop(), name="backup-loop"
-            )
+            self._loop_task = self._spawn(self._loop(), "backup-loop")
         elif not leading and self._loop_task is not None:
             self._loop_task.cancel()
             self._loop_task = None
@@ -125,7 +125,7 @@ class BackupService:
     async def close(self) -> None:
         """Stop the loop; a snapshot being written is abandoned and its file removed."""
         self._open = False
-        tasks = [t for t in (self._loop_task, *self._jobs) if t is not None]
+        tasks = list(self._tasks)
         self._loop_task = None
         for task in tasks:
             task.cancel()
@@ -147,18 +147,19 @@ class BackupService:
         Raises:
             BackendError: the copy failed (nothing is left of it); an alert was raised.
         """
-        job = asyncio.get_running_loop().create_task(self._take(target), name="backup")
-        self._jobs.add(job)
+        job = self._spawn(self._take(target), "backup")
         try:
-            return await asyncio.shield(job)
+            result: BackupInfo = await asyncio.shield(job)
         except asyncio.CancelledError:
-            job.cancel()
+            job.cancel()  # the caller gave up: abandon the snapshot
             raise
-        finally:
-            if job.done():
-                self._jobs.discard(job)
-            else:
-                job.add_done_callback(self._jobs.discard)
+        return result
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def list(self) -> builtins.list[BackupInfo]:
         """The snapshots in :attr:`directory`, oldest first (unreadable files left out)."""
