@@ -36,7 +36,10 @@ __all__ = [
     "StorageSettings",
     "TaskSettings",
     "WorkflowSettings",
+    "build_settings",
     "load_settings",
+    "merge_tree",
+    "settings_tree",
 ]
 
 
@@ -301,31 +304,46 @@ class HubSettings:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
 
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    """Convert a TOML or environment value to the annotated type ``tp``."""
+_INVALID: Any = object()
+"""What a value that could not be read becomes while the rest is still checked."""
+
+
+def _join(path: str, name: object) -> str:
+    return f"{path}.{name}" if path else str(name)
+
+
+def _coerce(tp: Any, value: Any, path: str, problems: list[dict[str, str]]) -> Any:
+    """Convert a TOML or environment value to the annotated type ``tp``; a problem is added to
+    ``problems`` (and ``_INVALID`` returned) instead of raising."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a table", path=path)
-        return _build(tp, value, path)
+            problems.append({"path": path, "message": "expected a table"})
+            return _INVALID
+        return _build(tp, value, path, problems)
     if origin is dict:
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a table", path=path)
-        return {
-            _coerce(key_tp, k, f"{path}.{k}"): _coerce(val_tp, v, f"{path}.{k}")
+            problems.append({"path": path, "message": "expected a table"})
+            return _INVALID
+        out = {
+            _coerce(key_tp, k, _join(path, k), problems): _coerce(
+                val_tp, v, _join(path, k), problems
+            )
             for k, v in value.items()
         }
+        return _INVALID if _INVALID in out or _INVALID in out.values() else out
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
             return None
-        return _coerce(args[0], value, path)
+        return _coerce(args[0], value, path, problems)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"{path}: must be one of {typing.get_args(tp)}", path=path)
+            problems.append({"path": path, "message": f"must be one of {typing.get_args(tp)}"})
+            return _INVALID
         return value
     try:
         if tp is bool and isinstance(value, str):
@@ -333,16 +351,22 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if tp in (int, float) and isinstance(value, bool):
             raise TypeError
         return tp(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read {value!r} as {tp.__name__}", path=path) from exc
+    except (TypeError, ValueError):
+        name = getattr(tp, "__name__", str(tp))
+        problems.append({"path": path, "message": f"cannot read {value!r} as {name}"})
+        return _INVALID
 
 
-def _build(cls: type[Any], values: Mapping[str, Any], path: str = "") -> Any:
+def _build(
+    cls: type[Any], values: Mapping[str, Any], path: str, problems: list[dict[str, str]]
+) -> Any:
+    """``cls`` from ``values``, or ``_INVALID`` with every problem found added to
+    ``problems`` (unknown keys, values of the wrong type, and the checks of ``cls`` itself)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {sorted(unknown)} in {path or 'top level'}")
+    before = len(problems)
+    for key in sorted(set(values) - names, key=str):
+        problems.append({"path": _join(path, key), "message": "unknown setting"})
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in values:
@@ -350,18 +374,65 @@ def _build(cls: type[Any], values: Mapping[str, Any], path: str = "") -> Any:
         value = values[f.name]
         if isinstance(value, Mapping) and f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
-            if isinstance(default, dict):
+            if isinstance(default, dict) and default:
                 # A partial table (one priority's QoS) keeps the defaults of the others.
                 value = {**{str(k): v for k, v in default.items()}, **value}
-        kwargs[f.name] = _coerce(hints[f.name], value, f"{path}.{f.name}" if path else f.name)
-    return cls(**kwargs)
+        kwargs[f.name] = _coerce(hints[f.name], value, _join(path, f.name), problems)
+    if len(problems) > before:
+        return _INVALID
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        field_ = exc.details.get("field")
+        problems.append(
+            {
+                "path": _join(path, field_) if field_ else path or "(top level)",
+                "message": exc.message,
+            }
+        )
+        return _INVALID
 
 
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+def build_settings(tree: Mapping[str, Any]) -> HubSettings:
+    """HubSettings from a settings tree (TOML tables as dicts).
+
+    Raises:
+        ConfigError: every problem at once, in ``details["problems"]`` (``{"path",
+            "message"}`` each); nothing is half-applied.
+    """
+    problems: list[dict[str, str]] = []
+    settings = _build(HubSettings, tree, "", problems)
+    if problems:
+        listed = "; ".join(f"{p['path']}: {p['message']}" for p in problems)
+        raise ConfigError(
+            f"{len(problems)} problem(s) in the settings: {listed}",
+            path=problems[0]["path"],
+            problems=problems,
+        )
+    assert isinstance(settings, HubSettings)
+    return settings
+
+
+def settings_tree(settings: HubSettings) -> dict[str, Any]:
+    """The settings as a plain tree (what ``build_settings`` takes back)."""
+    tree: dict[str, Any] = _plain(dataclasses.asdict(settings))
+    return tree
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Priority) else value
+
+
+def merge_tree(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``top`` laid over it, table by table."""
     out = dict(base)
     for k, v in top.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_tree(out[k], v)
         else:
             out[k] = v
     return out
@@ -390,7 +461,8 @@ def load_settings(
     """Build HubSettings: defaults < TOML ``file`` < ``FLEETCHAT_*`` env < ``overrides``.
 
     Raises:
-        ConfigError: unreadable file, unknown key or a value of the wrong type.
+        ConfigError: an unreadable file; or unknown keys, values of the wrong type or out of
+            range, every one listed in ``details["problems"]``.
     """
     tree: dict[str, Any] = {}
     if file is not None:
@@ -401,7 +473,6 @@ def load_settings(
     # Only keys that name settings: FLEETCHAT_HUB, FLEETCHAT_TOKEN and the like belong to the CLI.
     known = {f.name for f in dataclasses.fields(HubSettings)}
     env_tree = _env_tree(os.environ if env is None else env)
-    tree = _merge(tree, {k: v for k, v in env_tree.items() if k in known})
-    tree = _merge(tree, overrides or {})
-    settings: HubSettings = _build(HubSettings, tree)
-    return settings
+    tree = merge_tree(tree, {k: v for k, v in env_tree.items() if k in known})
+    tree = merge_tree(tree, overrides or {})
+    return build_settings(tree)

@@ -259,6 +259,20 @@ class Hub:
         if self.tracer is not None:  # the last spans go out (a blocking flush: in a thread)
             await asyncio.to_thread(self.tracer.shutdown)
 
+    def reconfigure(self, settings: HubSettings) -> None:
+        """Put new settings in force now (see :mod:`fleetchat.ops.reload`, which checks them
+        and keeps what only a restart can change): every service reads its section again."""
+        self.settings = settings
+        self.bus.settings = settings.chat
+        self._publisher._settings = settings.chat
+        self.requests._settings = settings.chat
+        self.channels._settings = settings.chat
+        self.registry.settings = settings.registry
+        self.leases.settings = settings.leases
+        self.tasks.reconfigure(settings.tasks, settings.registry)
+        self.workflows.retention = settings.workflows.retention
+        self.ops.reconfigure(settings)
+
     def _on_leadership(self, leading: bool, epoch: int) -> None:
         """The leader runs the singleton loops: the task scheduler (failure detection next)."""
         if self._state != "closed":

@@ -154,7 +154,39 @@ def test_wrong_type_in_toml_is_a_config_error(toml: Write) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(toml('[chat]\nmax_body_bytes = "big"\n'), env={})
 
-    assert info.value.details == {"path": "chat.max_body_bytes"}
+    assert info.value.details["path"] == "chat.max_body_bytes"
+    assert info.value.details["problems"] == [
+        {"path": "chat.max_body_bytes", "message": "cannot read 'big' as int"}
+    ]
+
+
+def test_every_problem_of_a_config_file_is_listed_at_once(toml: Write) -> None:
+    text = (
+        '[chat]\nmax_body_bytes = "big"\nfetch_batch = 0\n'
+        "[chat.qos.urgent]\nack_timeout = 1\n"
+        "[health]\ninterval = -1\nunknown_knob = 3\n"
+        '[scaling.pools.w]\nactuator = "webhook"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(toml(text), env={})
+
+    paths = [p["path"] for p in info.value.details["problems"]]
+    assert paths == [
+        "chat.qos.urgent",
+        "chat.max_body_bytes",
+        "health.unknown_knob",
+        "scaling.pools.w.url",
+    ]
+    assert info.value.message.startswith("4 problem(s) in the settings: ")
+
+
+def test_a_value_out_of_range_names_its_full_path(toml: Write) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(toml("[health]\ninterval = -1\n"), env={})
+
+    assert info.value.details["problems"] == [
+        {"path": "health.interval", "message": "interval must be a positive number, not -1.0"}
+    ]
 
 
 def test_boolean_for_a_number_is_a_config_error(toml: Write) -> None:

@@ -21,6 +21,7 @@ from fleetchat.models import AgentInfo, Channel, Message, TokenRecord
 
 if TYPE_CHECKING:
     from fleetchat.backends.local_member import Batch
+    from fleetchat.config import ChatSettings
     from fleetchat.leases.state import Resource
     from fleetchat.tasks.records import TaskRecord
     from fleetchat.workflows.records import DefinitionRecord, ExecutionEvent, ExecutionRecord
@@ -259,6 +260,9 @@ class DeliveryObserver(Protocol):
 
 class Bus(Protocol):
     """Channel logs, fan-out, per-member queues with acks, transient messages."""
+
+    settings: ChatSettings
+    """Read at each use: replacing it changes QoS and limits live."""
 
     async def start(self) -> None: ...
 

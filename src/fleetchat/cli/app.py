@@ -72,10 +72,15 @@ app.command()(demo)
 def _settings(
     config: Path | None, db: str | None, overrides: dict[str, Any] | None = None
 ) -> HubSettings:
+    return load_settings(config, overrides=_settings_tree(db, overrides))
+
+
+def _settings_tree(db: str | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The settings given as flags, which keep precedence when the file is reloaded."""
     tree: dict[str, Any] = dict(overrides or {})
     if db is not None:
         tree["url"] = db
-    return load_settings(config, overrides=tree)
+    return tree
 
 
 def _configure_logging(level: str, log_format: str) -> None:
@@ -135,7 +140,9 @@ def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve_forever(None, settings, stop)
+        await serve_forever(
+            None, settings, stop, config_file=config, overrides=_settings_tree(db, overrides)
+        )
 
     _run(main())
 

@@ -11,6 +11,7 @@ import aiohttp
 import msgspec
 
 from fleetchat.client.leases import LeaseClient
+from fleetchat.client.ops_rest import OpsClient
 from fleetchat.client.tasks_rest import TaskClient
 from fleetchat.client.wire import DEFAULT_HUB, HubUnavailableError, http_url
 from fleetchat.client.workflows_rest import WorkflowClient
@@ -277,6 +278,12 @@ class HubClient:
         ``start``, ``execution``, ``executions``, ``events``, ``cancel``, ``redrive``,
         ``wait``)."""
         return WorkflowClient(self)
+
+    @property
+    def ops(self) -> OpsClient:
+        """Operations calls (``health``, ``events``, ``alerts``, ``settings``, ``reload``,
+        ``change``, ``update_agent``)."""
+        return OpsClient(self)
 
     # -- operations -----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from fleetchat.errors import (
@@ -70,6 +70,8 @@ class LeaseService:
         self._records = Records(store, bus, clock)
         self._clock = clock
         self.settings = settings or LeaseSettings()
+        self.on_release: list[Callable[[str, list[str]], None]] = []
+        """Told (holder, resources) whenever a lost holder's leases are released."""
         self._registry = registry
         self._events: EventStream | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -210,17 +212,20 @@ class LeaseService:
         """``holder`` is gone: release its leases (those acquired at or before ``before``,
         default now) and fail its waits. Returns how many leases were released."""
         cutoff = self._clock.time() if before is None else before
-        released = 0
+        released: list[str] = []
         for r in await self._records.store.load_resources():
             if r.holder != holder and all(w.holder != holder for w in r.waiters):
                 continue
             new = await self._records.update(
                 r.name, lambda x: state.drop_holder(x, holder, cutoff, self._clock.time())
             )
-            released += r.holder == holder and new.ticket != r.ticket
+            if r.holder == holder and new.ticket != r.ticket:
+                released.append(r.name)
         if released:
             log.info("leases of a lost holder released", extra={"holder": holder, "n": released})
-        return released
+            for listener in self.on_release:
+                listener(holder, released)
+        return len(released)
 
     async def get(self, resource: str) -> LeaseState:
         """The resource's holder, last token and queue (free and token 0 if never leased)."""

@@ -56,9 +56,16 @@ class FailureDetector:
         self._events: EventStream | None = None
         self._work: set[asyncio.Task[Any]] = set()
         self._open: dict[str, float] = {}  # condition -> since (backlog, degraded)
-        self._oldest: dict[str, float] = {}  # member -> oldest waiting, last round
+        self._marks: dict[str, tuple[float, int]] = {}  # member -> oldest, waiting
         self.rounds = 0
+        self._released: dict[str, list[str]] = {}  # lost holder -> leases released
+        self._held: dict[str, list[str]] = {}  # holder -> leases, as of the last round
         hub.bus.on_broadcast(_DEGRADE_TOPIC, self._on_degrade)
+        hub.leases.on_release.append(self._on_release)
+
+    def _on_release(self, holder: str, resources: list[str]) -> None:
+        if self._loop_task is not None:
+            self._released.setdefault(holder, []).extend(resources)
 
     @property
     def settings(self) -> Any:
@@ -107,6 +114,11 @@ class FailureDetector:
         """One round: run the checks, act on what they find."""
         report = await self._monitor.report(advance=True)
         self.rounds += 1
+        held: dict[str, list[str]] = {}
+        for lease in await self._hub.leases.list():
+            if lease.holder is not None:
+                held.setdefault(lease.holder, []).append(lease.resource)
+        self._held = held
         await self._stalled(report)
         await self._backlog(report)
         await self._database(report)
@@ -115,13 +127,18 @@ class FailureDetector:
     async def _stalled(self, report: HealthReport) -> None:
         now = report.at
         stalled = set(report.check("channels.stalled").items)
-        oldest = {m.member: m.oldest for m in self._hub.bus.member_stats() if m.oldest}
+        marks = {
+            m.member: (m.oldest, m.queued + m.inflight)
+            for m in self._hub.bus.member_stats()
+            if m.oldest is not None
+        }
         for member in stalled:
-            # Stalled = no progress since the last round as well: its oldest is still there.
-            if self._oldest.get(member) != oldest.get(member):
+            # Stalled = no progress since the last round as well: the same oldest delivery
+            # still waits, and no fewer deliveries wait than then.
+            before, mark = self._marks.get(member), marks.get(member)
+            if before is None or mark is None or mark[0] != before[0] or mark[1] < before[1]:
                 continue
-            cutoff = now - self.settings.stalled_after
-            parked = self._hub.bus.park_stalled(member, cutoff)
+            parked = self._hub.bus.park_stalled(member, now - self.settings.stalled_after)
             if parked:
                 await self._journal.record(
                     "incident",
@@ -135,7 +152,7 @@ class FailureDetector:
                         "ok": True,
                     },
                 )
-        self._oldest = {m: t for m, t in oldest.items() if t is not None}
+        self._marks = marks
 
     async def _backlog(self, report: HealthReport) -> None:
         check = report.check("channels.backlog")
@@ -213,15 +230,24 @@ class FailureDetector:
         hub = self._hub
         clock = hub.clock
         try:
+            # Held now, or already taken back from it (the scheduler and the lease service
+            # act on the same event, and may have been first).
             tasks = [
                 t.id
                 for t in await hub.tasks.list(state="active", limit=10_000)
                 if t.holder == agent_id
+                or any(
+                    a.agent == agent_id
+                    and a.outcome == "agent_lost"
+                    and (a.ended_at or 0) >= detected_at - 1
+                    for a in t.attempts
+                )
             ]
             leases = [r.resource for r in await hub.leases.list() if r.holder == agent_id]
         except FleetchatError as exc:
             tasks, leases = [], []
             log.warning("agent loss: state unreadable", extra={"error": exc.code})
+        leases = sorted({*leases, *self._released.pop(agent_id, []), *self._held.get(agent_id, [])})
         last_heartbeat = None
         with contextlib.suppress(FleetchatError):  # a deregistered agent is gone
             last_heartbeat = hub.registry.get(agent_id).last_heartbeat
@@ -258,6 +284,7 @@ class FailureDetector:
                 await self._redo(agent_id, pending_tasks, pending_leases)
                 deadline = clock.monotonic() + self.settings.recovery_timeout
             await clock.sleep(_FOLLOW)
+        record["leases"] = sorted({*leases, *self._released.pop(agent_id, [])})
         now = clock.time()
         record.update(
             recovered_at=now,

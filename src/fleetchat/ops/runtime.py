@@ -10,6 +10,7 @@ from fleetchat.ops.backup import BackupService
 from fleetchat.ops.detector import FailureDetector
 from fleetchat.ops.health import HealthMonitor
 from fleetchat.ops.journal import OpsJournal
+from fleetchat.ops.reload import Reconfigurer
 from fleetchat.ops.scaling import Autoscaler
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ class Operations:
         journal: the records on ``$ops`` and alerts on ``$alerts``.
         health: the health checks (every node).
         detector: failure detection and recovery (the leader).
+        config: live configuration: reload the settings file, or change settings.
         backups: snapshots and restores (:mod:`fleetchat.ops.backup`).
         scaling: the autoscaler (:mod:`fleetchat.ops.scaling`).
     """
@@ -38,6 +40,7 @@ class Operations:
         self.journal = OpsJournal(hub.bus, hub.clock, settings.chat.publish_timeout)
         self.health = HealthMonitor(hub, settings.health)
         self.detector = FailureDetector(hub, self.health, self.journal)
+        self.config = Reconfigurer(hub)
         self.backups = BackupService(hub, settings.backup)
         self.scaling = Autoscaler(hub, settings.scaling)
         self._leading = False

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import signal
 import ssl
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from fleetchat import protocol as p
+from fleetchat.errors import FleetchatError
 from fleetchat.hub import Hub
 from fleetchat.server.auth import Authenticator
 from fleetchat.server.caches import MessageCache, PublishLedger
@@ -25,6 +29,23 @@ __all__ = ["HubServer"]
 log = logging.getLogger(__name__)
 
 HUB_KEY = web.AppKey("hub", Hub)
+
+
+def _on_sighup(hub: Hub) -> None:
+    """Reload the settings on SIGHUP; a bad file is logged with every problem, and ignored."""
+
+    async def reload() -> None:
+        try:
+            result = await hub.ops.config.reload()
+        except FleetchatError as exc:
+            log.error("settings not reloaded: %s", exc.message, extra={"code": exc.code})
+            return
+        log.warning("settings reloaded", extra={"applied": len(result.applied)})
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, lambda: asyncio.ensure_future(reload())
+        )
 
 
 class HubServer:
@@ -58,6 +79,7 @@ class HubServer:
         app.router.add_get("/v1/openapi.json", self._openapi)
         app.router.add_get("/v1/docs", self._docs)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         install_routes(app, self.hub, self.auth)
         install_metrics(app, self.hub, self.sessions, self.auth)
         return app
@@ -152,13 +174,33 @@ class HubServer:
                 "node": coordinator.node_id,
                 "leader": coordinator.is_leader,
                 "epoch": coordinator.epoch,
+                "degraded": self.hub.gate.reason,
             }
         )
 
+    async def _readyz(self, request: web.Request) -> web.Response:
+        """200 when this node can serve (open, its database takes writes), else 503."""
+        ready, reason = await self.hub.ops.health.ready()
+        return web.json_response(
+            {"status": "ready" if ready else "not_ready", "reason": reason},
+            status=200 if ready else 503,
+        )
 
-async def serve_forever(hub_url: str | None, settings: Any, stop: asyncio.Event) -> None:
-    """Open the hub, serve it until ``stop`` is set, then close both in order."""
+
+async def serve_forever(
+    hub_url: str | None,
+    settings: Any,
+    stop: asyncio.Event,
+    *,
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> None:
+    """Open the hub, serve it until ``stop`` is set, then close both in order. SIGHUP reloads
+    the settings (``config_file``, the environment, then ``overrides``) without a restart."""
     async with Hub.open(hub_url, settings=settings) as hub, HubServer(hub) as server:
+        hub.ops.config.file = config_file
+        hub.ops.config.overrides = dict(overrides or {})
+        _on_sighup(hub)
         ws_url = server.url.replace("http", "ws", 1)
         print(
             f"fleetchat hub serving {server.url}: REST {server.url}/v1, agents {ws_url}/v1/ws, "

@@ -55,6 +55,10 @@ _RESYNC_INTERVAL = 5.0  # seconds between full reads of the unfinished tasks (a 
 class Scheduler(SchedulingModes):
     """Runs on the leading node between :meth:`start` and :meth:`stop`."""
 
+    def _reconfigured(self) -> None:
+        self.settings = self._service.settings
+        self.policy = self._service.policy
+
     def __init__(
         self, service: TaskService, registry: AgentRegistry, clock: Clock, send: Send
     ) -> None:
@@ -64,6 +68,7 @@ class Scheduler(SchedulingModes):
         self._send = send
         self.settings = service.settings
         self.policy = service.policy
+        service.reconfigured.append(self._reconfigured)
         self._view: dict[str, TaskRecord] = {}
         self._holders: dict[str, str] = {}  # task id -> the agent holding it
         self._load: dict[str, int] = {}  # agent -> tasks it holds

@@ -102,11 +102,23 @@ class TaskService(AgentReports):
         """Told (task id, version) of changes other nodes broadcast."""
         self.publish_event: Callable[[TaskEvent], None] = lambda event: None
         """Set by the Hub: publishes a transition on ``$tasks``."""
+        self.reconfigured: list[Callable[[], None]] = []
+        """Told when the settings change (the scheduler re-reads them)."""
         self.gate: AdmissionGate | None = None
         """Set by the Hub: refuses new low-priority tasks while the hub is degraded."""
         self.tracer: HubTracer | None = None
         """Set by the Hub when tracing is on: each submit is a ``task.submit`` span."""
         bus.on_broadcast(_BROADCAST, self._on_broadcast)
+
+    def reconfigure(self, settings: TaskSettings, registry_settings: RegistrySettings) -> None:
+        """New settings, live (the scheduler shares them)."""
+        self.settings = settings
+        self.policy = AllocationPolicy(
+            load_threshold=registry_settings.load_threshold,
+            min_confidence=registry_settings.min_confidence,
+        )
+        for listener in self.reconfigured:
+            listener()
 
     # -- submit and read ----------------------------------------------------------------------
 
