@@ -295,7 +295,8 @@ class Bus(Protocol):
 
     def broadcast(self, topic: str, data: bytes) -> None:
         """Send ``data`` to every other node of the hub (nothing, with one node); at most once,
-        in order per sender. For state every node keeps a copy of (the registry)."""
+        in order per sender. For state every node keeps a copy of (the registry). ``topic`` is
+        one word (no dots)."""
         ...
 
     def on_broadcast(self, topic: str, handler: Callable[[bytes], None]) -> None:

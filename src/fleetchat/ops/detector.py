@@ -41,7 +41,9 @@ __all__ = ["FailureDetector"]
 log = logging.getLogger(__name__)
 
 _FOLLOW = 0.02  # seconds between looks while following a recovery
-_DEGRADE_TOPIC = "ops.degrade"
+_GRACE = 0.25  # seconds a finished recovery still listens for releases reported late
+_DEGRADE_TOPIC = "degrade"  # bus broadcast topics: one word each
+_RELEASED_TOPIC = "released"
 
 
 class FailureDetector:
@@ -62,10 +64,21 @@ class FailureDetector:
         self._held: dict[str, list[str]] = {}  # holder -> leases, as of the last round
         hub.bus.on_broadcast(_DEGRADE_TOPIC, self._on_degrade)
         hub.leases.on_release.append(self._on_release)
+        hub.bus.on_broadcast(_RELEASED_TOPIC, self._on_released_elsewhere)
 
     def _on_release(self, holder: str, resources: list[str]) -> None:
+        """A lost holder's leases were released here: keep them for its incident, or tell the
+        leader, whose detector records it."""
         if self._loop_task is not None:
             self._released.setdefault(holder, []).extend(resources)
+        else:
+            data = {"holder": holder, "resources": resources}
+            self._hub.bus.broadcast(_RELEASED_TOPIC, msgspec.json.encode(data))
+
+    def _on_released_elsewhere(self, data: bytes) -> None:
+        if self._loop_task is not None:
+            body = msgspec.json.decode(data)
+            self._released.setdefault(body["holder"], []).extend(body["resources"])
 
     @property
     def settings(self) -> Any:
@@ -247,7 +260,7 @@ class FailureDetector:
         except FleetchatError as exc:
             tasks, leases = [], []
             log.warning("agent loss: state unreadable", extra={"error": exc.code})
-        leases = sorted({*leases, *self._released.pop(agent_id, []), *self._held.get(agent_id, [])})
+        held = {*leases, *self._held.get(agent_id, [])}
         last_heartbeat = None
         with contextlib.suppress(FleetchatError):  # a deregistered agent is gone
             last_heartbeat = hub.registry.get(agent_id).last_heartbeat
@@ -257,38 +270,43 @@ class FailureDetector:
             "last_heartbeat": last_heartbeat,
             "detected_at": detected_at,
             "tasks": {},
-            "leases": leases,
         }
-        deadline = clock.monotonic() + self.settings.recovery_timeout
-        pending_tasks, pending_leases = set(tasks), set(leases)
+        began = clock.monotonic()
+        deadline = began + self.settings.recovery_timeout
+        pending_tasks, pending_leases = set(tasks), set(held)
+        done_at = detected_at  # when the last piece of the recovery was seen done
         escalated = False
-        while pending_tasks or pending_leases:
+        while True:
             for task_id in list(pending_tasks):
                 moved = await self._task_moved(task_id, agent_id)
                 if moved is not None:
                     pending_tasks.discard(task_id)
-                    record["tasks"][task_id] = {
-                        **moved,
-                        "after": round(clock.time() - detected_at, 3),
-                    }
-            for name in list(pending_leases):
+                    done_at = clock.time()
+                    record["tasks"][task_id] = {**moved, "after": round(done_at - detected_at, 3)}
+            released = set(self._released.pop(agent_id, []))  # by whichever node did it
+            for name in pending_leases - released:
                 with contextlib.suppress(FleetchatError):
                     if (await hub.leases.get(name)).holder != agent_id:
-                        pending_leases.discard(name)
-            if not (pending_tasks or pending_leases):
+                        released.add(name)
+            if released & pending_leases or released - held:
+                done_at = clock.time()
+            held |= released
+            pending_leases -= released
+            settled = not (pending_tasks or pending_leases)
+            # A short grace after the end: releases reported by other nodes arrive late.
+            if settled and clock.monotonic() - began >= _GRACE:
                 break
-            if clock.monotonic() > deadline:
+            if not settled and clock.monotonic() > deadline:
                 if escalated:
                     break
                 escalated = True
                 await self._redo(agent_id, pending_tasks, pending_leases)
                 deadline = clock.monotonic() + self.settings.recovery_timeout
             await clock.sleep(_FOLLOW)
-        record["leases"] = sorted({*leases, *self._released.pop(agent_id, [])})
-        now = clock.time()
         record.update(
-            recovered_at=now,
-            took=round(now - detected_at, 3),
+            leases=sorted(held),
+            recovered_at=done_at,
+            took=round(done_at - detected_at, 3),
             ok=not (pending_tasks or pending_leases),
             escalated=escalated,
         )
