@@ -6,30 +6,40 @@
 One process: an embedded hub (``memory://``, a durable channel) behind its HubServer on port 0,
 ``--receivers`` raw WebSocket agents (aiohttp) that ack each deliver frame cumulatively, and a
 publisher calling ``hub.publish`` with 100 publishes in flight. Rate = messages x receivers /
-time from the first publish until every receiver has every message. Modes:
+time from the first publish until every receiver has every message; "with export" adds the
+time the exporter then takes to send the spans still queued (``force_flush``), which is what a
+sustained load would pay; "spans" counts the spans the OTLP receiver got (the table says when
+fewer arrived than were made: the exporter's queue dropped some). Modes:
 
 - ``off``: ``[telemetry] tracing = false`` (the default);
 - ``on, in memory``: tracing on, every span sampled, kept by the in-memory exporter (no
   network: the cost of making the spans and the headers);
-- ``on, ratio 0``: tracing on, no new trace sampled;
-- ``on, OTLP``: tracing on, BatchSpanProcessor + OTLP/HTTP to a local receiver (a thread that
-  answers 200 to every POST).
+- ``on, ratio 0.01`` / ``on, ratio 0``: tracing on, 1 % / no new trace sampled;
+- ``on, OTLP`` (``, ratio 0.1``): tracing on, BatchSpanProcessor + OTLP/HTTP to a local
+  receiver (another process, like a collector, that decodes each request and counts its spans);
+- ``+ deliver spans``: the same with ``trace_deliveries = true`` (one ``deliver`` span per
+  message per receiver).
 
-Each figure is the median of ``--runs`` runs, each on a fresh hub. Prints a table.
+Each figure is the median of ``--runs`` runs, each on a fresh hub, the modes taking turns.
+Prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import statistics
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
 import aiohttp
 import msgspec
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from fleetchat import Hub, HubSettings
 from fleetchat.config import ServerSettings
@@ -40,14 +50,28 @@ _decode = msgspec.json.Decoder().decode
 
 
 class _Sink(BaseHTTPRequestHandler):
+    spans: Synchronized[int]
+
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        export = ExportTraceServiceRequest.FromString(data)
+        n = sum(len(ss.spans) for rs in export.resource_spans for ss in rs.scope_spans)
+        with self.spans.get_lock():
+            self.spans.value += n
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+def _serve(port: Connection, spans: Synchronized[int]) -> None:
+    """The OTLP receiver, in its own process (the hub's GIL is not its to share)."""
+    _Sink.spans = spans
+    sink = HTTPServer(("127.0.0.1", 0), _Sink)
+    port.send(sink.server_address[1])
+    sink.serve_forever()
 
 
 async def _receiver(
@@ -70,7 +94,8 @@ async def _receiver(
                     return
 
 
-async def _run(telemetry: TelemetrySettings, messages: int, receivers: int) -> float:
+async def _run(telemetry: TelemetrySettings, messages: int, receivers: int) -> tuple[float, float]:
+    """(deliveries/s, deliveries/s counting the time to export the spans still queued)."""
     settings = HubSettings(url="memory://", server=ServerSettings(auth=False), telemetry=telemetry)
     async with Hub(settings) as hub, HubServer(hub, port=0) as server:
         url = server.url.replace("http", "ws", 1) + "/v1/ws"
@@ -91,7 +116,11 @@ async def _run(telemetry: TelemetrySettings, messages: int, receivers: int) -> f
                     )
                 )
             await asyncio.wait_for(asyncio.gather(*tasks), 120)
-            return messages * receivers / (time.perf_counter() - started)
+            delivered = time.perf_counter() - started
+            if hub.tracer is not None:
+                await asyncio.to_thread(hub.tracer.provider.force_flush, 120_000)
+            exported = time.perf_counter() - started
+            return messages * receivers / delivered, messages * receivers / exported
 
 
 def main() -> None:
@@ -100,26 +129,47 @@ def main() -> None:
     parser.add_argument("--receivers", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
-    otlp = f"http://127.0.0.1:{sink.server_address[1]}"
+    spans: Synchronized[int] = multiprocessing.Value("q", 0)
+    port, child = multiprocessing.Pipe()
+    sink = multiprocessing.Process(target=_serve, args=(child, spans), daemon=True)
+    sink.start()
+    otlp = f"http://127.0.0.1:{port.recv()}"
+    on = TelemetrySettings(tracing=True)
     modes = [
         ("off", TelemetrySettings()),
-        ("on, in memory", TelemetrySettings(tracing=True)),
-        ("on, ratio 0", TelemetrySettings(tracing=True, sample_ratio=0.0)),
-        ("on, OTLP", TelemetrySettings(tracing=True, otlp_endpoint=otlp)),
+        ("on, in memory", on),
+        ("  + deliver spans", replace(on, trace_deliveries=True)),
+        ("on, ratio 0.01", replace(on, sample_ratio=0.01)),
+        ("on, ratio 0", replace(on, sample_ratio=0.0)),
+        ("on, OTLP", replace(on, otlp_endpoint=otlp)),
+        ("  + deliver spans", replace(on, otlp_endpoint=otlp, trace_deliveries=True)),
+        ("on, OTLP, ratio 0.1", replace(on, otlp_endpoint=otlp, sample_ratio=0.1)),
     ]
     print(f"{args.messages} messages x {args.receivers} receivers, median of {args.runs} runs")
-    print(f"{'mode':<16} {'deliveries/s':>14} {'vs off':>8}")
-    base = 0.0
-    for name, telemetry in modes:
-        rates = [
-            asyncio.run(_run(telemetry, args.messages, args.receivers)) for _ in range(args.runs)
-        ]
-        rate = statistics.median(rates)
-        base = base or rate
-        print(f"{name:<16} {rate:>14,.0f} {rate / base:>7.0%}")
-    sink.shutdown()
+    print(f"{'mode':<20} {'deliveries/s':>13} {'vs off':>7} {'with export':>12} {'spans':>14}")
+    # Round-robin over the modes, so that a change in the machine's load hits them all alike.
+    runs: list[list[tuple[float, float]]] = [[] for _ in modes]
+    got = [0 for _ in modes]
+    for _ in range(args.runs):
+        for i, (_name, telemetry) in enumerate(modes):
+            spans.value = 0
+            runs[i].append(asyncio.run(_run(telemetry, args.messages, args.receivers)))
+            got[i] += spans.value
+    base = statistics.median(r for r, _ in runs[0])
+    for (name, telemetry), results, exported_spans in zip(modes, runs, got, strict=True):
+        rate = statistics.median(r for r, _ in results)
+        with_export = statistics.median(r for _, r in results)
+        exported = ""
+        if telemetry.otlp_endpoint:
+            made = args.messages * (1 + (args.receivers if telemetry.trace_deliveries else 0))
+            mean = exported_spans // args.runs
+            if telemetry.sample_ratio < 1:  # a draw per message: no exact count to compare to
+                exported = f"~{mean:,}"
+            else:
+                exported = f"{mean:,}" if mean >= made else f"{mean:,} of {made:,}"
+        print(f"{name:<20} {rate:>13,.0f} {rate / base:>7.0%} {with_export:>12,.0f} {exported:>14}")
+    sink.terminate()
+    sink.join()
 
 
 if __name__ == "__main__":

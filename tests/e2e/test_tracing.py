@@ -2,7 +2,8 @@
 
 A local OTLP/HTTP receiver collects the spans of both: the hub (in this process, exporting over
 OTLP) and ``traced_agent.py`` (a subprocess with its own TracerProvider). The trace id is also
-read from the raw ``deliver`` frames on the wire.
+read from the raw ``deliver`` frames on the wire. The hub runs with the default
+``trace_deliveries = false`` unless a test asks for ``traced`` with ``True``.
 """
 
 from __future__ import annotations
@@ -122,8 +123,9 @@ class Setup:
 
 
 @pytest.fixture
-async def traced(tmp_path: Path) -> AsyncIterator[Setup]:
-    """A receiver, a hub tracing to it, and the traced agent process connected."""
+async def traced(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
+    """A receiver, a hub tracing to it, and the traced agent process connected
+    (``trace_deliveries`` as the test's parameter, default off)."""
     receiver = OtlpReceiver()
     app = web.Application()
     app.router.add_post("/v1/traces", receiver.handle)
@@ -137,7 +139,10 @@ async def traced(tmp_path: Path) -> AsyncIterator[Setup]:
         url=f"sqlite:///{tmp_path / 'hub.db'}",
         server=ServerSettings(auth=False),
         telemetry=TelemetrySettings(
-            tracing=True, otlp_endpoint=receiver.url, service_name="hub-under-test"
+            tracing=True,
+            otlp_endpoint=receiver.url,
+            service_name="hub-under-test",
+            trace_deliveries=getattr(request, "param", False),
         ),
     )
     proc: asyncio.subprocess.Process | None = None
@@ -208,8 +213,36 @@ async def test_a_published_message_and_the_agents_echo_share_one_trace(traced: S
     assert echoed.parent_id == handle.span_id  # the agent's publish carried its own span
     assert publish.attributes["fleetchat.sender"] == "sender"
     assert original.message["headers"]["traceparent"].split("-")[2] == publish.span_id
-    delivered = r.named("deliver", "hub-under-test", **{"fleetchat.member": "tracer"})
-    assert [d.parent_id for d in delivered] == [publish.span_id]
+    assert r.named("deliver", "hub-under-test") == []  # trace_deliveries is off by default
+
+
+@pytest.mark.parametrize("traced", [True], indirect=True, ids=["trace_deliveries"])
+async def test_with_trace_deliveries_each_delivery_is_a_span_under_the_publish(
+    traced: Setup,
+) -> None:
+    watcher = await traced.raw("watcher", "traced-in")
+    sender = await traced.raw("sender", "traced-in")
+    await sender.publish("traced-in", {"n": 2}, id="p1")
+    original = await next_chat(watcher)
+
+    def spans_arrived() -> bool:
+        traced.receiver.one("handle", "traced-agent", **{"fleetchat.channel": "traced-in"})
+        for member in ("tracer", "watcher"):  # the hub exports the last within a second
+            traced.receiver.one("deliver", "hub-under-test", **{"fleetchat.member": member})
+        return True
+
+    await traced.flush()
+    await assert_eventually(spans_arrived, timeout=10)
+    r = traced.receiver
+    publish = r.one("publish", "hub-under-test", **{"fleetchat.channel": "traced-in"})
+    handle = r.one("handle", "traced-agent", **{"fleetchat.channel": "traced-in"})
+    to_agent = r.one("deliver", "hub-under-test", **{"fleetchat.member": "tracer"})
+    to_watcher = r.one("deliver", "hub-under-test", **{"fleetchat.member": "watcher"})
+    assert to_agent.parent_id == to_watcher.parent_id == publish.span_id
+    assert to_agent.trace_id == trace_id_of(original.message)
+    assert to_agent.attributes["fleetchat.message_id"] == original.message["id"]
+    assert to_agent.attributes["fleetchat.attempt"] == 1
+    assert handle.parent_id == publish.span_id  # the agent continues the publish, as without
 
 
 async def test_a_task_is_traced_from_submit_to_the_agents_result(traced: Setup) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import msgspec
+from opentelemetry.trace import INVALID_SPAN
+
 from fleetchat import Hub, HubSettings
 from fleetchat.ops.settings import TelemetrySettings
 from fleetchat.ops.tracing import HubTracer
@@ -101,6 +104,58 @@ async def test_a_task_offer_notice_carries_the_tasks_trace() -> None:
     assert offer.body["action"] == "offer"
     assert offer.headers["traceparent"].split("-")[1] == PARENT_TRACE
     assert names[:2] == ["task.submit", "task.offer"]
+
+
+async def test_sample_ratio_zero_makes_no_span_object_for_a_new_trace() -> None:
+    tracer = HubTracer(TelemetrySettings(tracing=True, sample_ratio=0.0))
+    try:
+        assert tracer.start("publish", {}, None) is INVALID_SPAN
+        assert tracer.start("publish", PARENT, None).is_recording()
+    finally:
+        tracer.shutdown()
+
+
+async def test_trace_deliveries_is_off_by_default() -> None:
+    async with traced_hub(tracing=True) as hub:
+        assert hub.tracer is not None
+        assert hub.tracer.trace_deliveries is False
+
+
+async def test_with_trace_deliveries_each_delivery_is_a_span_under_the_publish() -> None:
+    async with traced_hub(tracing=True, trace_deliveries=True) as hub:
+        await hub.subscribe("bob", "room")
+        m = await hub.publish("room", "hi", sender="alice")
+        assert hub.tracer is not None
+        hub.tracer.delivered("bob", [m], [1])
+        hub.tracer.delivered("carol", [m], [2])
+        publish, *delivers = hub.tracer.recent.spans()  # type: ignore[union-attr]
+    assert [d.name for d in delivers] == ["deliver", "deliver"]
+    for d, member, attempt in zip(delivers, ("bob", "carol"), (1, 2), strict=True):
+        assert d.parent is not None
+        assert d.parent.span_id == publish.context.span_id
+        assert d.context.trace_id == publish.context.trace_id
+        assert d.attributes == {
+            "fleetchat.channel": "room",
+            "fleetchat.message_id": m.id,
+            "fleetchat.member": member,
+            "fleetchat.attempt": attempt,
+        }
+
+
+async def test_deliveries_of_untraced_unsampled_or_malformed_contexts_make_no_spans() -> None:
+    async with traced_hub(tracing=True, trace_deliveries=True) as hub:
+        await hub.subscribe("bob", "room")
+        untraced = await hub.publish("room", "a", sender="alice")
+        assert hub.tracer is not None
+        assert hub.tracer.recent is not None
+        hub.tracer.recent.clear()
+        unsampled = msgspec.structs.replace(
+            untraced, headers={"traceparent": f"00-{PARENT_TRACE}-00f067aa0ba902b7-00"}
+        )
+        malformed = msgspec.structs.replace(untraced, headers={"traceparent": "junk-00"})
+        untraced = msgspec.structs.replace(untraced, headers={})
+        hub.tracer.delivered("bob", [untraced, unsampled, malformed], [1, 1, 1])
+        assert spans(hub) == []
 
 
 def test_the_otlp_endpoint_gets_the_traces_path() -> None:

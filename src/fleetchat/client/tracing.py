@@ -10,12 +10,14 @@ agent's publishes, replies and task reports carry the current trace context
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.trace import Span, Tracer, TracerProvider
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     from fleetchat.client.delivery import Outcome
     from fleetchat.models import Message
@@ -108,12 +110,16 @@ class AgentTracing:
         (the caller's own wins)."""
         out = dict(given or {})
         if self.tracer is not None and "traceparent" not in out:
-            from opentelemetry.trace.propagation.tracecontext import (
-                TraceContextTextMapPropagator,
-            )
-
-            TraceContextTextMapPropagator().inject(out)
+            _propagator().inject(out)
         return out
+
+
+@functools.cache
+def _propagator() -> TraceContextTextMapPropagator:
+    """The W3C propagator, made once (imported only once tracing is on)."""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator()
 
 
 def _extract(headers: Mapping[str, str]) -> Context | None:
@@ -121,6 +127,4 @@ def _extract(headers: Mapping[str, str]) -> Context | None:
     malformed ``traceparent`` is ignored the same way)."""
     if "traceparent" not in headers:
         return None
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    return TraceContextTextMapPropagator().extract(headers)
+    return _propagator().extract(headers)

@@ -232,6 +232,10 @@ class TelemetrySettings:
     keep_spans: int = 1000
     """Finished spans kept in memory (``hub.tracer.recent``) when ``otlp_endpoint`` is "".
     Default 1000."""
+    trace_deliveries: bool = False
+    """Also record a ``deliver`` span for each message handed to each member (a fan-out to N
+    members makes N spans per message). Off, deliveries still carry the ``publish`` span's
+    context, which consumers continue. Default off."""
 
     def __post_init__(self) -> None:
         _fraction(self, "sample_ratio")

@@ -5,27 +5,42 @@ may share a process). The W3C trace context travels in ``Message.headers`` (``tr
 ``tracestate``) and in a task's record, so an agent in another process continues the trace
 (docs/tracing.md). With tracing off the hub has no tracer at all (``hub.tracer is None``): the
 hot paths test that one attribute and create nothing.
+
+Cost (benchmarks/tracing.py): spans are made where they matter (publish, task, workflow), not
+per delivery unless ``trace_deliveries`` is on, since a fan-out to N members would make N
+spans per message; the deliveries carry the publish span's context in the stored headers
+anyway. A new trace is drawn before any span object exists, so an unsampled publish costs one
+random number.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import random
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     SimpleSpanProcessor,
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    get_current_span,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from fleetchat.errors import ConfigError
@@ -48,11 +63,22 @@ __all__ = [
 
 _propagator = TraceContextTextMapPropagator()
 
+EXPORT_QUEUE = 65_536
+"""Finished spans waiting for the OTLP exporter; beyond it new spans are dropped (the SDK logs
+"Queue full"). Sized for bursts: at ~1 KB a span, 64 MB at worst."""
+EXPORT_BATCH = 2048
+"""Spans per OTLP request (fewer, larger requests: the exporter thread holds the GIL less)."""
+EXPORT_DELAY_MS = 1000
+"""Longest wait before a partial batch goes out (ms)."""
+_PARENTS_KEPT = 4096
+"""Delivery parents cached by traceparent (a fan-out parses each message's context once)."""
 
-class RecentSpans(SpanExporter):
+
+class RecentSpans(SpanExporter, SpanProcessor):
     """An exporter that keeps the newest ``limit`` finished spans in memory (thread-safe).
 
-    The hub's exporter when tracing is on without an OTLP endpoint; tests read it.
+    The hub's span processor when tracing is on without an OTLP endpoint (straight to the
+    deque, without SimpleSpanProcessor's export per span); tests read it.
     """
 
     def __init__(self, limit: int = 1000) -> None:
@@ -63,6 +89,10 @@ class RecentSpans(SpanExporter):
         with self._lock:
             self._spans.extend(spans)
         return SpanExportResult.SUCCESS
+
+    def on_end(self, span: ReadableSpan) -> None:
+        with self._lock:
+            self._spans.append(span)
 
     def spans(self) -> list[ReadableSpan]:
         """The spans kept, oldest first."""
@@ -97,6 +127,12 @@ Parent = Mapping[str, str] | str | None
 """A span's parent: message headers, a ``traceparent`` string, or None (the current context)."""
 
 
+def _sampled_parent(headers: Mapping[str, str]) -> otel_context.Context | None:
+    """The context of a delivered message's headers; None when malformed or not sampled."""
+    context = _propagator.extract(headers)
+    return context if get_current_span(context).get_span_context().trace_flags.sampled else None
+
+
 def _parent(parent: Parent) -> otel_context.Context | None:
     """The context ``parent`` continues; None (the current context) when it has no trace
     context. A malformed ``traceparent`` is ignored: the span starts a new trace."""
@@ -118,20 +154,31 @@ class HubTracer:
     """
 
     def __init__(self, settings: TelemetrySettings, exporter: SpanExporter | None = None) -> None:
+        # New traces are drawn in start() (before any span object exists); the sampler only
+        # follows a parent's decision.
         self.provider = TracerProvider(
             resource=Resource.create({"service.name": settings.service_name}),
-            sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
+            sampler=ParentBased(ALWAYS_ON),
         )
+        self.trace_deliveries = settings.trace_deliveries
+        """Each delivery to a member is a ``deliver`` span (``telemetry.trace_deliveries``)."""
+        self._ratio = settings.sample_ratio
+        self._parents: dict[str, otel_context.Context | None] = {}
         self.recent: RecentSpans | None = None
         if exporter is not None:
             self.provider.add_span_processor(SimpleSpanProcessor(exporter))
         elif settings.otlp_endpoint:
             self.provider.add_span_processor(
-                BatchSpanProcessor(otlp_exporter(settings.otlp_endpoint))
+                BatchSpanProcessor(
+                    otlp_exporter(settings.otlp_endpoint),
+                    max_queue_size=EXPORT_QUEUE,
+                    schedule_delay_millis=EXPORT_DELAY_MS,
+                    max_export_batch_size=EXPORT_BATCH,
+                )
             )
         else:
             self.recent = RecentSpans(settings.keep_spans)
-            self.provider.add_span_processor(SimpleSpanProcessor(self.recent))
+            self.provider.add_span_processor(self.recent)
         self._tracer = self.provider.get_tracer("fleetchat")
 
     @classmethod
@@ -149,16 +196,24 @@ class HubTracer:
         self,
         name: str,
         parent: Parent,
-        attributes: dict[str, Any],
+        attributes: dict[str, Any] | None,
         *,
         kind: SpanKind = SpanKind.INTERNAL,
         start_time: int | None = None,
     ) -> Span:
         """Start a span continuing the trace context in ``parent`` (headers), or the current
-        context when it has none. The caller ends it."""
+        context when it has none. A new trace is recorded with probability ``sample_ratio``;
+        one not drawn is ``INVALID_SPAN`` (no context, nothing to end). The caller ends it."""
+        context = _parent(parent)
+        if (
+            self._ratio < 1.0
+            and not get_current_span(context).get_span_context().is_valid
+            and (self._ratio <= 0.0 or random.random() >= self._ratio)
+        ):
+            return INVALID_SPAN
         return self._tracer.start_span(
             name,
-            context=_parent(parent),
+            context=context,
             kind=kind,
             attributes=attributes,
             start_time=start_time,
@@ -195,25 +250,52 @@ class HubTracer:
 
     async def publish(self, bus: Bus, message: Message, wait: float) -> Message:
         """Publish ``message`` inside a ``publish`` span whose context goes into the stored
-        message's headers, so every delivery carries it."""
-        with self.span(
-            "publish", message.headers, message_attributes(message), kind=_PRODUCER
-        ) as s:
-            tp = traceparent(s)
-            if tp is not None:
-                message.headers = {**message.headers, "traceparent": tp}
+        message's headers, so every delivery carries it. Unsampled: the bus publish alone."""
+        span = self.start("publish", message.headers, None, kind=_PRODUCER)
+        if not span.is_recording():
             (committed,) = await bus.publish([message], wait)
-            s.set_attribute("fleetchat.seq", committed.seq)
             return committed
+        span.set_attributes(message_attributes(message))
+        message.headers = {**message.headers, "traceparent": _format(span.get_span_context())}
+        try:
+            (committed,) = await bus.publish([message], wait)
+            span.set_attribute("fleetchat.seq", committed.seq)
+            return committed
+        except BaseException as exc:
+            _failed(span, exc)
+            raise
+        finally:
+            span.end()
 
     def delivered(self, member: str, messages: Sequence[Message], attempts: Sequence[int]) -> None:
-        """One short ``deliver`` span per traced message handed to ``member``'s connection."""
+        """With ``trace_deliveries`` on, one short ``deliver`` span per sampled message handed
+        to ``member``'s connection (the caller checks the setting). The parent context is
+        parsed once per message, not once per member."""
+        parents = self._parents
         for m, attempt in zip(messages, attempts, strict=False):
-            if "traceparent" in m.headers:
-                attributes = message_attributes(m)
-                attributes["fleetchat.member"] = member
-                attributes["fleetchat.attempt"] = attempt
-                self.start("deliver", m.headers, attributes, kind=SpanKind.SERVER).end()
+            tp = m.headers.get("traceparent")
+            if tp is None:
+                continue
+            try:
+                context = parents[tp]
+            except KeyError:
+                context = _sampled_parent(m.headers)
+                if len(parents) >= _PARENTS_KEPT:
+                    parents.clear()
+                parents[tp] = context
+            if context is None:  # malformed or not sampled: ParentBased would drop it
+                continue
+            self._tracer.start_span(
+                "deliver",
+                context=context,
+                kind=SpanKind.SERVER,
+                attributes={
+                    "fleetchat.channel": m.channel,
+                    "fleetchat.message_id": m.id,
+                    "fleetchat.member": member,
+                    "fleetchat.attempt": attempt,
+                },
+            ).end()
 
     def reported(
         self,
@@ -302,7 +384,10 @@ def traceparent(span: Span) -> str | None:
     """The W3C ``traceparent`` of ``span``; None when it is not sampled (not recorded)."""
     if not span.is_recording():
         return None
-    ctx = span.get_span_context()
+    return _format(span.get_span_context())
+
+
+def _format(ctx: SpanContext) -> str:
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
 
 

@@ -129,9 +129,10 @@ class Outbound:
         if parts:
             frames.append(_deliver_frame(first_tag, parts, attempts))
         self.next_tag = tag
-        if self.hub.tracer is not None:
+        tracer = self.hub.tracer
+        if tracer is not None and tracer.trace_deliveries:
             for batch in batches:
-                self.hub.tracer.delivered(self.agent_id, batch.items, batch.attempts)
+                tracer.delivered(self.agent_id, batch.items, batch.attempts)
         for frame in frames:
             if self.ws.closed:
                 return
