@@ -79,3 +79,13 @@ def test_the_headless_output_is_plain_lines(run: tuple[Any, Any]) -> None:
     assert " recover " in out.stdout
     assert 0 < result["latency_p50_s"] <= result["latency_p99_s"]
     assert 0.95 <= result["quality"] <= 1.0 + 1e-9
+
+
+def test_the_failure_detector_recorded_each_death_as_recovered(run: tuple[Any, Any]) -> None:
+    _, result = run
+    assert result["deaths"]
+    lost = {i["agent"]: i for i in result["incidents"]}
+    for death in result["deaths"]:
+        assert lost[death]["ok"] is True
+        assert lost[death]["took"] >= 0
+    assert result["health"] in ("ok", "warn")

@@ -246,6 +246,10 @@ class Report:
     deaths: list[str]
     recovery: list[float]
     """Seconds from a robot's death to its task running elsewhere."""
+    health: str = "ok"
+    """The hub's health status at the end (``GET /v1/health``)."""
+    incidents: list[dict[str, Any]] = field(default_factory=list)
+    """Agent losses the failure detector recorded on ``$ops``: agent, took, ok."""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -278,5 +282,7 @@ class Report:
             "declines": self.declines,
             "deaths": self.deaths,
             "recovery_s": [round(r, 3) for r in self.recovery],
+            "health": self.health,
+            "incidents": self.incidents,
             "problems": self.problems,
         }

@@ -148,6 +148,12 @@ async def _report(url: str, cell: CellSpec, journal: Journal, hub: Hub, ended: f
     async with HubClient(url) as rest:
         tasks = await rest.tasks.list(limit=10_000)
         agents = await rest.list_agents()
+        health = await rest.ops.health()
+        lost = [
+            {"agent": i["agent"], "took": i["took"], "ok": i["ok"]}
+            for i in await rest.ops.events(type="incident", limit=1000)
+            if i.get("failure") == "agent_lost"
+        ]
     by_id = {t.id: t for t in tasks}
     kinds = {a.id: a.kind for a in cell.agents}
     registry = hub.settings.registry
@@ -162,6 +168,9 @@ async def _report(url: str, cell: CellSpec, journal: Journal, hub: Hub, ended: f
         problems.append(f"the dock had two robots at once ({dock.overlaps} times)")
     if not dock.tokens_increasing:
         problems.append("dock fencing tokens did not increase")
+    for death in journal.deaths:
+        if not any(i["agent"] == death and i["ok"] for i in lost):
+            problems.append(f"{death}'s loss was not recorded as recovered")
     amrs = [a for a in journal.agents.values() if a.kind == "amr"]
     run_time = ended - journal.started
     charging = sum(a.charging_seconds for a in amrs) / (len(amrs) * run_time) if amrs else 0.0
@@ -184,5 +193,7 @@ async def _report(url: str, cell: CellSpec, journal: Journal, hub: Hub, ended: f
         declines=journal.declines,
         deaths=sorted(journal.deaths),
         recovery=recovery_times(tasks, journal.deaths),
+        health=health.status,
+        incidents=lost,
         problems=problems,
     )

@@ -204,6 +204,16 @@ def _rows(report: Report) -> list[tuple[str, str]]:
         ("offers declined", f"{report.declines}"),
         ("robots died", ", ".join(report.deaths) or "none"),
         ("death to task running elsewhere", recovery),
+        (
+            "failure detection",
+            ", ".join(
+                f"{i['agent']} lost, recovered in {i['took'] * 1000:.0f} ms"
+                + ("" if i["ok"] else " (NOT RECOVERED)")
+                for i in report.incidents
+            )
+            or "no agent lost",
+        ),
+        ("hub health at the end", report.health),
         ("utilisation", util),
         ("amr time on the dock", f"{report.charging_share * 100:.0f} %"),
         (
