@@ -4,7 +4,7 @@ restart (docs/operations.md#live-configuration).
 A new configuration is checked whole first: any problem refuses all of it (every problem
 listed) and the running settings stay as they were. What can change live does at once (QoS
 and retry budgets, limits, thresholds, scheduling and scaling policies, backups); what is
-bound at start (the backend URLs, storage, the listening server, tracing's exporter) is
+bound at start (the backend URLs, storage, the listening server, metrics and tracing) is
 reported as needing a restart and left as it runs. Each change is recorded on ``$ops``
 (``type: config``) with its old and new values.
 """
@@ -37,10 +37,7 @@ RESTART_ONLY = (
     "store_url",
     "storage",
     "server",
-    "telemetry.metrics",
-    "telemetry.tracing",
-    "telemetry.otlp_endpoint",
-    "telemetry.service_name",
+    "telemetry",
 )
 """Settings read once at start: a change to them takes a restart."""
 _SECRET = ("token", "password", "secret")
