@@ -20,7 +20,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from fleetchat.cli import app
-from fleetchat.client import HubClient
+from fleetchat.client import Agent, HubClient
 from tests.e2e.conftest import RunningServer, StartServer
 from tests.e2e.test_tasks_agents import finished, workers
 
@@ -53,13 +53,15 @@ async def test_an_agent_killed_mid_task_is_recovered_and_the_incident_recorded(
     assert (done.state, done.attempts[-1].agent) == ("succeeded", "w-2")
 
     async with asyncio.timeout(15):
-        while not (found := await hub.ops.journal.read(kind="incident")):
+        while not (found := await hub.ops.journal.read(kind="incident")):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
     (incident,) = [i for i in found if i["failure"] == "agent_lost"]
-    assert incident["agent"] == "w-1" and incident["ok"] is True
+    assert incident["agent"] == "w-1"
+    assert incident["ok"] is True
     assert incident["leases"] == ["dock"]
     moved = incident["tasks"][task.id]  # where it went first: offered to the spare
-    assert moved["holder"] == "w-2" and moved["after"] >= 0
+    assert moved["holder"] == "w-2"
+    assert moved["after"] >= 0
     assert incident["recovered_at"] >= incident["detected_at"]
     assert (await hub.leases.get("dock")).holder is None
 
@@ -119,7 +121,7 @@ async def test_serve_answers_health_and_reloads_its_settings_live(
     config.write_text("[chat.qos.normal]\nmax_attempts = 5\n")
     proc.send_signal(signal.SIGHUP)
     async with asyncio.timeout(10):
-        while await _attempts(url) != 5:
+        while await _attempts(url) != 5:  # noqa: ASYNC110 - another process's state
             await asyncio.sleep(0.05)
 
     # A bad file is refused whole, every problem listed; nothing changes.
@@ -129,7 +131,8 @@ async def test_serve_answers_health_and_reloads_its_settings_live(
     bad = await fleetchat("config", "reload", "--hub", url)
     assert bad.exit_code == 1
     assert "invalid_config" in bad.stderr
-    assert "chat.fetch_batch" in bad.stderr and "health.bogus" in bad.stderr
+    assert "chat.fetch_batch" in bad.stderr
+    assert "health.bogus" in bad.stderr
     assert await _attempts(url) == 5
 
     # A live change from the command line; a restart-only one is reported, not applied.
@@ -145,3 +148,39 @@ async def test_serve_answers_health_and_reloads_its_settings_live(
     records = json.loads(events.stdout)
     assert [r["source"] for r in records] == ["file", "api"]
     assert records[0]["applied"] == [{"path": "chat.qos.normal.max_attempts", "old": 3, "new": 5}]
+
+
+async def test_the_operations_commands_print_tables(
+    served: tuple[str, Path, subprocess.Popen[str]],
+) -> None:
+    url, config, _ = served
+    health = await fleetchat("health", "--hub", url)
+    assert health.exit_code == 0, health.output
+    assert "database.write" in health.stdout
+    assert "(leader)" in health.stdout
+
+    async with Agent("arm-1", capabilities={"weld": 0.5}, hub=url), HubClient(url) as rest:
+        agent = await rest.ops.update_agent("arm-1", capabilities={"weld": 0.9}, capacity=2)
+        assert (agent.capabilities, agent.capacity) == ({"weld": 0.9}, 2)
+        (change,) = await rest.ops.events(type="config")
+        assert change["applied"][0] == {
+            "path": "agents.arm-1.capabilities",
+            "old": {"weld": 0.5},
+            "new": {"weld": 0.9},
+        }
+        assert await rest.ops.alerts() == []
+
+    events = await fleetchat("events", "--hub", url)
+    assert ' config  {"source":"api"' in events.stdout
+    alerts = await fleetchat("alerts", "--hub", url)
+    assert alerts.exit_code == 0
+    shown = await fleetchat("config", "show", "--hub", url)
+    assert json.loads(shown.stdout)["chat"]["qos"]["normal"]["max_attempts"] == 3
+    config.write_text("[chat.qos.normal]\nmax_attempts = 4\n")
+    reloaded = await fleetchat("config", "reload", "--hub", url)
+    assert "applied chat.qos.normal.max_attempts: 3 -> 4" in reloaded.stdout
+    again = await fleetchat("config", "reload", "--hub", url)
+    assert "no change" in again.stdout
+    bad = await fleetchat("config", "set", "chat.fetch_batch", "--hub", url)
+    assert bad.exit_code == 2
+    assert "write PATH=VALUE" in bad.output

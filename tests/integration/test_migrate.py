@@ -116,9 +116,9 @@ def _versionless(data: bytes) -> Any:
 
 def tables(db: Path) -> dict[str, Any]:
     """The hub's SQLite tables, without what a migration may change: seqs, and counters of
-    the channels (last_seq, last_activity_at). ``$dlq``, ``$tasks``, ``$ops`` and ``$alerts`` are made by each hub:
-    their definitions' times differ; their messages are compared like the others. Tasks and
-    lease resources are compared whole (the version is the target's)."""
+    the channels (last_seq, last_activity_at). ``$dlq``, ``$tasks``, ``$ops`` and ``$alerts``
+    are made by each hub: their definitions' times differ; their messages are compared like
+    the others. Tasks and lease resources are compared whole (the version is the target's)."""
     con = sqlite3.connect(db)
     try:
         channels = {}

@@ -3,8 +3,10 @@ and what the detector does about it (faults injected through FaultyStore)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +43,8 @@ async def test_a_healthy_hub_passes_every_check(backend_url: str, clock: FakeClo
         "database.write",
         "database.disk",
     ]
-    assert report.leader and report.degraded is None
+    assert report.leader
+    assert report.degraded is None
 
 
 async def test_late_heartbeats_and_full_load_are_warned(backend_url: str, clock: FakeClock) -> None:
@@ -113,7 +116,8 @@ async def test_backlog_stall_and_old_queue_are_warned_then_parked(
 
     failures = [i["failure"] for i in incidents]
     assert failures == ["backlog", "member_stalled"]
-    assert incidents[1]["parked"] == 8 and incidents[1]["member"] == "picker"
+    assert incidents[1]["parked"] == 8
+    assert incidents[1]["member"] == "picker"
 
 
 async def test_a_member_that_makes_progress_is_not_parked(
@@ -168,7 +172,8 @@ async def test_a_slow_database_degrades_the_hub_and_alerts_then_recovers(
         faults.write_delay = 0.3
         failing = await hub.ops.detector.check()
         assert failing.check("database.write").status == "fail"
-        assert hub.gate.degraded and failing.status == "fail"
+        assert hub.gate.degraded
+        assert failing.status == "fail"
         with pytest.raises(DegradedError) as refused:
             await hub.publish("c", "telemetry", sender="arm", priority="low")
         assert refused.value.code == "degraded"
@@ -180,7 +185,8 @@ async def test_a_slow_database_degrades_the_hub_and_alerts_then_recovers(
         assert kept.seq > 0
 
         healthy = await hub.ops.detector.check()
-        assert healthy.status == "ok" and not hub.gate.degraded
+        assert healthy.status == "ok"
+        assert not hub.gate.degraded
         await hub.publish("c", "telemetry", sender="arm", priority="low")
         alerts = await hub.ops.journal.read(ALERTS_CHANNEL)
         incidents = await hub.ops.journal.read(kind="incident")
@@ -202,8 +208,10 @@ async def test_a_failing_database_fails_the_check_and_readiness(
         ready, reason = await hub.ops.health.ready()
 
     check = report.check("database.write")
-    assert check.status == "fail" and "injected fault" in check.message
-    assert not ready and "injected fault" in reason
+    assert check.status == "fail"
+    assert "injected fault" in check.message
+    assert not ready
+    assert "injected fault" in reason
 
 
 async def test_a_nearly_full_disk_warns_then_degrades(tmp_path: Path, clock: FakeClock) -> None:
@@ -218,11 +226,58 @@ async def test_a_nearly_full_disk_warns_then_degrades(tmp_path: Path, clock: Fak
         await hub.ops.detector.check()
         degraded = hub.gate.reason
 
-    assert warn.status == "warn" and 0 < (warn.value or 0) < 1
-    assert degraded is not None and "database.disk" in degraded
+    assert warn.status == "warn"
+    assert 0 < (warn.value or 0) < 1
+    assert degraded is not None
+    assert "database.disk" in degraded
 
 
 async def test_a_memory_hub_does_not_measure_a_disk(clock: FakeClock) -> None:
     async with _hub("memory://", clock) as hub:
         check = (await hub.ops.health.report()).check("database.disk")
-    assert check.status == "ok" and "not a local file" in check.message
+    assert check.status == "ok"
+    assert "not a local file" in check.message
+
+
+async def _run_while_advancing(clock: FakeClock, work: Any, step: float = 0.5) -> Any:
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        await clock.advance(step)
+    return task.result()
+
+
+async def test_a_recovery_that_overruns_is_redone_and_alerted(clock: FakeClock) -> None:
+    async with _hub("memory://", clock, recovery_timeout=2.0) as hub:
+        await hub.registry.register("ghost", capabilities={"weld": 1.0})
+        await hub.leases.acquire("dock", "ghost", ttl=600)
+        # Nothing else releases the dock: the agent never went offline for the lease service.
+        record = await _run_while_advancing(
+            clock, hub.ops.detector.agent_lost("ghost", clock.time())
+        )
+        alerts = await hub.ops.journal.read(ALERTS_CHANNEL)
+        holder = (await hub.leases.get("dock")).holder
+
+    assert record["ok"] is True
+    assert record["escalated"] is True
+    assert record["leases"] == ["dock"]
+    assert holder is None
+    assert [a["type"] for a in alerts] == ["recovery_slow"]
+
+
+async def test_a_recovery_that_cannot_finish_escalates_to_failed(clock: FakeClock) -> None:
+    async with _hub("memory://", clock, recovery_timeout=2.0) as hub:
+        await hub.registry.register("ghost", capabilities={"weld": 1.0})
+        await hub.leases.acquire("dock", "ghost", ttl=600)
+        faults = FaultyStore.install(hub)
+        faults.fail_writes = True  # the redo cannot release it either
+        record = await _run_while_advancing(
+            clock, hub.ops.detector.agent_lost("ghost", clock.time())
+        )
+        faults.fail_writes = False
+        alerts = await hub.ops.journal.read(ALERTS_CHANNEL)
+
+    assert record["ok"] is False
+    assert record["unrecovered"] == {"tasks": [], "leases": ["dock"]}
+    recovery = [a for a in alerts if a["type"].startswith("recovery")]  # (and degraded)
+    assert [a["type"] for a in recovery] == ["recovery_slow", "recovery_failed"]
+    assert recovery[1]["leases"] == ["dock"]

@@ -104,7 +104,8 @@ def _records(records: list[dict[str, Any]], json_: bool) -> None:
     if json_:
         _dump(records)
         return
-    table = Table("AT", "TYPE", "WHAT", box=None)
+    table = Table("AT", "TYPE", box=None)
+    table.add_column("WHAT", overflow="fold")  # wrapped, never cut: it is the record
     for r in records:
         rest = {k: v for k, v in r.items() if k not in ("seq", "at", "type")}
         what = r.get("message") or msgspec.json.encode(rest).decode()

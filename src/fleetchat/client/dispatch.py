@@ -7,6 +7,7 @@ import fnmatch
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from fleetchat import protocol as p
@@ -185,7 +186,7 @@ class Dispatcher:
                     outcome = await self._run(item, routes)
                 else:
                     outcome = await self.tracing.handle(
-                        item.message, lambda: self._run(item, routes)
+                        item.message, partial(self._run, item, routes)
                     )
             finally:
                 self._running -= 1
