@@ -24,6 +24,7 @@ from fleetchat.ops.settings import (
     HealthSettings,
     ScalingSettings,
     TelemetrySettings,
+    check_positive,
 )
 from fleetchat.types import Priority
 
@@ -57,20 +58,13 @@ class QosSettings:
     """Upper bound of the retry backoff, in seconds. Default 5."""
 
     def __post_init__(self) -> None:
-        _positive(self, "ack_timeout", "backoff_base", "backoff_max")
+        check_positive(self, "ack_timeout", "backoff_base", "backoff_max")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1", field="max_attempts")
 
     def backoff(self, failed_attempts: int) -> float:
         """Delay before the attempt after ``failed_attempts`` failures: base x 2^(n-1), capped."""
         return float(min(self.backoff_base * 2 ** (failed_attempts - 1), self.backoff_max))
-
-
-def _positive(settings: object, *names: str) -> None:
-    for name in names:
-        value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ConfigError(f"{name} must be a positive number, not {value!r}", field=name)
 
 
 def _default_qos() -> dict[Priority, QosSettings]:
@@ -107,7 +101,7 @@ class ChatSettings:
         missing = [str(p) for p in Priority if p not in self.qos]
         if missing:
             raise ConfigError(f"chat.qos lacks {', '.join(missing)}", field="qos")
-        _positive(
+        check_positive(
             self,
             "max_body_bytes",
             "member_queue_limit",
@@ -137,7 +131,7 @@ class RegistrySettings:
     """Lowest match score find_best_agents keeps. Default 0.8."""
 
     def __post_init__(self) -> None:
-        _positive(self, "heartbeat_interval", "missed_heartbeats", "load_threshold")
+        check_positive(self, "heartbeat_interval", "missed_heartbeats", "load_threshold")
         if not 0 <= self.min_confidence <= 1:
             raise ConfigError("min_confidence must be in 0..1", field="min_confidence")
 
@@ -161,7 +155,7 @@ class StorageSettings:
     def __post_init__(self) -> None:
         if self.sync not in ("normal", "full"):
             raise ConfigError("storage.sync must be normal or full", field="sync")
-        _positive(
+        check_positive(
             self,
             "commit_max_batch",
             "max_pending_writes",
@@ -211,7 +205,7 @@ class ServerSettings:
             raise ConfigError("server.port must be 0..65535", field="port")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("give both server.tls_cert and server.tls_key, or neither")
-        _positive(
+        check_positive(
             self,
             "max_frame_bytes",
             "default_window",
@@ -254,7 +248,7 @@ class TaskSettings:
     off: such a task waits for an agent that can."""
 
     def __post_init__(self) -> None:
-        _positive(
+        check_positive(
             self,
             "start_to_close",
             "offer_timeout",
@@ -278,7 +272,7 @@ class WorkflowSettings:
     """Seconds a finished execution (and its events and channel) is kept. Default 7 days."""
 
     def __post_init__(self) -> None:
-        _positive(self, "retention")
+        check_positive(self, "retention")
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,17 +19,21 @@ __all__ = [
     "PoolSettings",
     "ScalingSettings",
     "TelemetrySettings",
+    "check_fraction",
+    "check_positive",
 ]
 
 
-def _positive(settings: object, *names: str) -> None:
+def check_positive(settings: object, *names: str) -> None:
+    """ConfigError unless each of ``names`` is a positive number (booleans are not)."""
     for name in names:
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"{name} must be a positive number, not {value!r}", field=name)
 
 
-def _fraction(settings: object, *names: str) -> None:
+def check_fraction(settings: object, *names: str) -> None:
+    """ConfigError unless each of ``names`` is a number in 0..1."""
     for name in names:
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
@@ -75,7 +79,7 @@ class HealthSettings:
     log). Default 10."""
 
     def __post_init__(self) -> None:
-        _positive(
+        check_positive(
             self,
             "interval",
             "stalled_after",
@@ -88,7 +92,7 @@ class HealthSettings:
             "db_write_degrade",
             "recovery_timeout",
         )
-        _fraction(self, "disk_free_warn", "disk_free_degrade")
+        check_fraction(self, "disk_free_warn", "disk_free_degrade")
         if self.db_write_degrade < self.db_write_warn:
             raise ConfigError(
                 "db_write_degrade must be at least db_write_warn", field="db_write_degrade"
@@ -113,7 +117,7 @@ class BackupSettings:
     3600."""
 
     def __post_init__(self) -> None:
-        _positive(self, "interval", "keep", "timeout")
+        check_positive(self, "interval", "keep", "timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +166,7 @@ class PoolSettings:
             raise ConfigError(f"a {self.actuator} pool needs a command", field="command")
         if self.actuator == "webhook" and not self.url.startswith(("http://", "https://")):
             raise ConfigError("a webhook pool needs an http(s) url", field="url")
-        _positive(self, "timeout", "stop_timeout")
+        check_positive(self, "timeout", "stop_timeout")
         for name in ("cooldown_out", "cooldown_in"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int | float) or value < 0):
@@ -198,8 +202,8 @@ class ScalingSettings:
     """The pools, by name. None: the autoscaler does not run."""
 
     def __post_init__(self) -> None:
-        _positive(self, "interval", "queued_high", "queued_per_instance", "signal_delay")
-        _fraction(self, "cpu_high", "idle_utilisation")
+        check_positive(self, "interval", "queued_high", "queued_per_instance", "signal_delay")
+        check_fraction(self, "cpu_high", "idle_utilisation")
         for name in ("cooldown_out", "cooldown_in", "latency_high"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -238,5 +242,5 @@ class TelemetrySettings:
     context, which consumers continue. Default off."""
 
     def __post_init__(self) -> None:
-        _fraction(self, "sample_ratio")
-        _positive(self, "keep_spans")
+        check_fraction(self, "sample_ratio")
+        check_positive(self, "keep_spans")
