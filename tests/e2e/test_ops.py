@@ -171,7 +171,8 @@ async def test_the_operations_commands_print_tables(
         assert await rest.ops.alerts() == []
 
     events = await fleetchat("events", "--hub", url)
-    assert ' config  {"source":"api"' in events.stdout
+    assert " config  api: agents.arm-" in events.stdout
+    assert "agents.arm-1.capacity 1 -> 2" in events.stdout
     alerts = await fleetchat("alerts", "--hub", url)
     assert alerts.exit_code == 0
     shown = await fleetchat("config", "show", "--hub", url)

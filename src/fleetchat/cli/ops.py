@@ -105,12 +105,37 @@ def _records(records: list[dict[str, Any]], json_: bool) -> None:
         _dump(records)
         return
     table = Table("AT", "TYPE", box=None)
-    table.add_column("WHAT", overflow="fold")  # wrapped, never cut: it is the record
+    table.add_column("WHAT", overflow="fold")  # wrapped, never cut
     for r in records:
-        rest = {k: v for k, v in r.items() if k not in ("seq", "at", "type")}
-        what = r.get("message") or msgspec.json.encode(rest).decode()
-        table.add_row(_when(r.get("at")), str(r.get("type", "")), what)
+        table.add_row(_when(r.get("at")), str(r.get("type", "")), _summary(r))
     out.print(table)
+
+
+def _summary(r: dict[str, Any]) -> str:
+    """One record in a line; ``--json`` has every field."""
+    kind = r.get("type")
+    if "message" in r:
+        return str(r["message"])
+    if kind == "incident":
+        who = r.get("agent") or r.get("member") or ""
+        state = "recovered" if r.get("ok") else "open" if "recovered_at" not in r else "FAILED"
+        took = f" in {r['took'] * 1000:.0f} ms" if isinstance(r.get("took"), int | float) else ""
+        extra = f", {r['parked']} parked" if r.get("parked") else ""
+        moved = f", {len(r['tasks'])} task(s) moved" if r.get("tasks") else ""
+        return f"{r.get('failure')} {who}: {state}{took}{moved}{extra}".replace("  ", " ")
+    if kind == "config":
+        changes = [
+            *(f"{c['path']} {c['old']!r} -> {c['new']!r}" for c in r.get("applied", [])),
+            *(f"{c['path']} (restart)" for c in r.get("restart_required", [])),
+        ]
+        return f"{r.get('source')}: " + "; ".join(changes)
+    if kind == "backup":
+        return f"{r.get('file')} ({r.get('bytes', 0) / 1e6:.1f} MB) in {r.get('seconds', 0):.2f} s"
+    if kind == "scaling":
+        ok = "" if r.get("ok", True) else f" FAILED: {r.get('error')}"
+        return f"{r.get('pool')} {r.get('from')} -> {r.get('to')} ({r.get('reason')}){ok}"
+    rest = {k: v for k, v in r.items() if k not in ("seq", "at", "type")}
+    return msgspec.json.encode(rest).decode()
 
 
 def _print_result(result: Any, json_: bool) -> None:
