@@ -301,3 +301,35 @@ async def test_an_auction_takes_bids_over_rest(start_server: StartServer) -> Non
         bid = await rest.tasks.bid(task.id, cost=3.0, eta=12.0, agent="welder-1")
 
         assert [(b.agent, b.cost, b.eta) for b in bid.bids] == [("welder-1", 3.0, 12.0)]
+
+
+async def test_with_auth_only_the_submitter_or_an_admin_cancels_a_task(
+    server: RunningServer,
+) -> None:
+    planner = await server.token("planner")
+    other = await server.token("intruder")
+    admin = await server.token("ops", admin=True)
+    await server.connect("welder-1", await server.token("welder-1"), capabilities={"paint": 1.0})
+    tasks = []
+    for _ in range(2):
+        status, task = await server.request(
+            "POST", "/v1/tasks", token=planner, json={"required": {"paint": 1}}
+        )
+        assert status == 201, task
+        tasks.append(task["id"])
+
+    status, body = await server.request(
+        "POST", f"/v1/tasks/{tasks[0]}/cancel", token=other, json={"reason": "mine now"}
+    )
+    assert (status, body["error"]["code"]) == (403, "forbidden")
+    assert "only its submitter (planner)" in body["error"]["message"]
+    assert (await server.hub.tasks.get(tasks[0])).state != "cancelled"
+
+    status, body = await server.request(
+        "POST", f"/v1/tasks/{tasks[0]}/cancel", token=planner, json={}
+    )
+    assert (status, body["state"]) == (200, "cancelled")
+    status, body = await server.request(
+        "POST", f"/v1/tasks/{tasks[1]}/cancel", token=admin, json={}
+    )
+    assert (status, body["state"]) == (200, "cancelled")

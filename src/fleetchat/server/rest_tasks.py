@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import get_args
 
-from fleetchat.errors import InvalidInputError
+from fleetchat.errors import ForbiddenError, InvalidInputError
 from fleetchat.server import schemas_tasks as s
 from fleetchat.server.rest_route import Ctx, Handler, Param, Route
 from fleetchat.tasks.records import TaskState
@@ -64,8 +64,19 @@ async def get_task(ctx: Ctx) -> s.TaskRecord:
 
 
 async def cancel_task(ctx: Ctx) -> s.TaskRecord:
+    """With auth on, only the agent that submitted a task (or an admin) may cancel it; a
+    workflow's task is cancelled with its execution."""
     b: s.CancelBody = ctx.body
-    return await ctx.hub.tasks.cancel(ctx.path("task_id"), b.reason)
+    task_id = ctx.path("task_id")
+    if ctx.caller is not None and not ctx.admin:
+        task = await ctx.hub.tasks.get(task_id)
+        if task.submitted_by != ctx.caller:
+            raise ForbiddenError(
+                f"{ctx.caller!r} did not submit task {task_id!r}: only its submitter "
+                f"({task.submitted_by or 'unknown'}) or an admin may cancel it",
+                task=task_id,
+            )
+    return await ctx.hub.tasks.cancel(task_id, b.reason)
 
 
 async def accept_task(ctx: Ctx) -> s.TaskRecord:
