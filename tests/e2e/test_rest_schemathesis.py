@@ -8,6 +8,7 @@ real HTTP with ``requests``), auth off, on a fresh SQLite file.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,10 @@ from fleetchat import Hub, HubSettings
 from fleetchat.config import ServerSettings
 from fleetchat.server import HubServer
 from fleetchat.server.rest import ROUTES
+
+# A workflow definition's schema is recursive (steps hold steps): generating from it raises
+# the recursion limit, which hypothesis refuses to see change during a test.
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 2500))
 
 START_TIMEOUT = 10.0
 EXAMPLES = 25

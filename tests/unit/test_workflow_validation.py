@@ -746,3 +746,9 @@ def test_retry_delay_does_not_overflow_for_huge_attempt_numbers() -> None:
         Retry(initial_interval=1.0, backoff_coefficient=10.0, max_interval=30.0).delay(10_000)
         == 30.0
     )
+
+
+def test_a_document_that_is_not_utf8_is_an_invalid_definition() -> None:
+    with pytest.raises(InvalidDefinitionError) as info:
+        load_document(b"name: \xc1\xc1", fmt="yaml")
+    assert "not UTF-8 text" in info.value.details["problems"][0]["message"]

@@ -49,6 +49,12 @@ def _operation(route: Route, refs: dict[type, dict[str, Any]]) -> dict[str, Any]
             "required": True,
             "content": {"application/json": {"schema": refs[route.body]}},
         }
+    elif route.raw_body is not None:
+        schema = {"$ref": _REF.format(name=route.raw_body)}
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schema}, "application/yaml": {}},
+        }
     if route.response is not None:
         op["responses"][str(route.status)] = {
             "description": "OK",
@@ -65,6 +71,20 @@ def _operation(route: Route, refs: dict[type, dict[str, Any]]) -> dict[str, Any]
     return op
 
 
+def _raw_bodies() -> dict[str, Any]:
+    """Schemas of the bodies routes read themselves: a workflow definition, its ``$defs``
+    moved into the components as ``Workflow<Name>``."""
+    from fleetchat.workflows.schema import WORKFLOW_SCHEMA
+
+    text = msgspec.json.encode(WORKFLOW_SCHEMA).decode()
+    text = text.replace('"#/$defs/', '"' + _REF.format(name="Workflow"))
+    schema: dict[str, Any] = msgspec.json.decode(text)
+    for key in ("$schema", "$id"):
+        schema.pop(key, None)
+    defs = schema.pop("$defs", {})
+    return {"WorkflowDefinition": schema, **{f"Workflow{k}": v for k, v in defs.items()}}
+
+
 def openapi_document() -> dict[str, Any]:
     """The whole document, as a JSON-ready dict."""
     types: list[Any] = [ErrorBody]
@@ -73,6 +93,7 @@ def openapi_document() -> dict[str, Any]:
             if t is not None and t not in types:
                 types.append(t)
     schemas, components = _schema_of(types)
+    components.update(_raw_bodies())
     refs = dict(zip(types, schemas, strict=True))
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:

@@ -40,6 +40,9 @@ class Route:
     response: type | None = None
     status: int = 200
     query: tuple[Param, ...] = field(default=())
+    raw_body: str | None = None
+    """For a route that reads its body itself (``body`` None): the name of the JSON Schema
+    in the OpenAPI document's components that describes it (see ``RAW_BODIES``)."""
 
 
 @dataclass

@@ -168,6 +168,7 @@ WORKFLOW_ROUTES: tuple[Route, ...] = (
         "agent",
         response=s.DefinitionRecord,
         status=201,
+        raw_body="WorkflowDefinition",
     ),
     Route(
         "GET",

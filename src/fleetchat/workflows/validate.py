@@ -43,7 +43,10 @@ def load_document(
     """
     if isinstance(document, dict):
         return document
-    text = document.decode() if isinstance(document, bytes) else document
+    try:
+        text = document.decode() if isinstance(document, bytes) else document
+    except UnicodeDecodeError as exc:
+        raise _invalid([_problem("", None, f"not UTF-8 text: {exc}")]) from exc
     try:
         loaded = json.loads(text) if fmt == "json" else yaml.load(text, Loader=_Loader)
     except (ValueError, yaml.YAMLError) as exc:
