@@ -12,32 +12,33 @@ step id plus ``#i`` for each enclosing map item. A step is never run again once 
 after a crash the engine resumes from the saved record, and an agent task in flight is
 recovered by its task id (tasks are submitted with an idempotency key of execution, run key
 and attempt, so re-submitting one after a crash returns the same task).
+
+This module holds :class:`Interpreter` itself: what happened (its public methods), moving
+threads from step to step, and runs and threads ending (retries, catches, the execution's
+end). The handler of each step type is in :mod:`fleetchat.workflows.steps`, parallel branches
+and map items in :mod:`fleetchat.workflows.joins`, and the effects (re-exported here) in
+:mod:`fleetchat.workflows.effects`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from fleetchat.workflows.effects import CancelChild, CancelTask, Effect, StartChild, SubmitTask
 from fleetchat.workflows.expressions import ExpressionError, Expressions
-from fleetchat.workflows.joins import Joins, error
+from fleetchat.workflows.joins import error
 from fleetchat.workflows.model import (
     AgentTaskStep,
-    ConditionStep,
     Definition,
-    FailStep,
     MapStep,
     ParallelStep,
-    SetStep,
     Step,
-    SubWorkflowStep,
-    SucceedStep,
-    Timeouts,
     WaitStep,
     find_step,
 )
 from fleetchat.workflows.records import ExecutionEvent, ExecutionRecord, StepRun, Thread
+from fleetchat.workflows.steps import StepHandlers
 
 __all__ = [
     "CancelChild",
@@ -50,35 +51,6 @@ __all__ = [
 ]
 
 _NOT_RETRIED = frozenset({"fleetchat.cancelled", "fleetchat.runtime", "fleetchat.loop_limit"})
-
-
-@dataclass(frozen=True, slots=True)
-class SubmitTask:
-    key: str
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
-class CancelTask:
-    key: str
-    attempt: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class StartChild:
-    key: str
-    workflow: str
-    input: Any
-    child_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class CancelChild:
-    child_id: str
-
-
-Effect = SubmitTask | CancelTask | StartChild | CancelChild
 
 
 def task_error(state: str, outcome: str | None, reason: str | None) -> tuple[str, str]:
@@ -96,7 +68,7 @@ def task_error(state: str, outcome: str | None, reason: str | None) -> tuple[str
     return kinds.get(outcome or "", "fleetchat.agent_error"), reason or outcome or "failed"
 
 
-class Interpreter(Joins):
+class Interpreter(StepHandlers):
     """Changes ``record`` in place; read ``events`` and ``effects`` after each call."""
 
     def __init__(
@@ -262,110 +234,6 @@ class Interpreter(Joins):
 
     def _live(self) -> set[str]:
         return {k for k, r in self.r.runs.items() if r.status in ("running", "waiting")}
-
-    def _enter(self, thread: Thread) -> None:
-        assert thread.step is not None
-        step = self._step(thread.step)
-        key = step.id + thread.suffix
-        visits = self.r.visits.get(key, 0) + 1
-        self.r.visits[key] = visits
-        before = self.r.runs.get(key)
-        attempt = before.attempt + 1 if before is not None else 1
-        run = StepRun(
-            key=key,
-            step=step.id,
-            thread=thread.id,
-            started_at=self.now,
-            attempt=attempt,
-            first=attempt,
-        )
-        self.r.runs[key] = run
-        if step.max_visits is not None and visits > step.max_visits:
-            message = f"step {step.id!r} was entered more than {step.max_visits} times"
-            self._failed(run, error("fleetchat.loop_limit", message, step.id), retry=False)
-            return
-        try:
-            self._run(step, run, thread)
-        except ExpressionError as exc:
-            self._failed(run, error("fleetchat.expression", str(exc), step.id), retry=False)
-
-    def _run(self, step: Step, run: StepRun, thread: Thread) -> None:
-        act = self._activation(run)
-        if isinstance(step, AgentTaskStep):
-            run.input = self.x.render(step.input, act)
-            if step.agent.id is not None:
-                run.agent = str(self.x.render(step.agent.id, act))
-            self.effects.append(SubmitTask(run.key, run.attempt))
-            self._event("step.scheduled", run, data={"input": run.input})
-            self._arm_step_deadline(run)
-        elif isinstance(step, SetStep):
-            values = {k: self.x.render(v, act) for k, v in step.values.items()}
-            self.r.vars.update(values)
-            self._complete(run, values)
-        elif isinstance(step, ConditionStep):
-            target = next(
-                (c.next for c in step.cases if bool(self.x.evaluate(c.when, act))), step.default
-            )
-            run.status, run.output, run.ended_at = "completed", {"next": target}, self.now
-            self._event("step.completed", run, data={"next": target})
-            self._goto(thread, target)
-        elif isinstance(step, WaitStep):
-            self._wait(step, run, act)
-        elif isinstance(step, FailStep):
-            run.status, run.ended_at = "failed", self.now
-            run.error = error(step.error, str(self.x.render(step.message, act)), step.id)
-            self._event("step.failed", run, data=run.error)
-            self._thread_failed(thread, run.error)
-        elif isinstance(step, SucceedStep):
-            output = self.x.render(step.output, act)
-            self._complete(run, output, move=False)
-            for other in self.r.threads.values():
-                if other.status == "active" and other is not thread:
-                    self._stop_thread(other, "the execution succeeded")
-            self._finish("completed", output=output)
-        elif isinstance(step, ParallelStep):
-            for name in step.branches:
-                self._spawn(run, thread, [step.id, name], step.branches[name][0].id, branch=name)
-            self._event("step.scheduled", run, data={"branches": list(step.branches)})
-        elif isinstance(step, MapStep):
-            items = self.x.evaluate(step.items, act)
-            if not isinstance(items, list):
-                raise ExpressionError(step.items, f"gave {type(items).__name__}, not a list")
-            run.items = items
-            self._event("step.scheduled", run, data={"items": len(items)})
-            if not items:
-                self._complete(run, [])
-            else:
-                self._fill_map(step, run, thread)
-        elif isinstance(step, SubWorkflowStep):
-            run.input = self.x.render(step.input, act)
-            child_id = f"{self.r.id}.{run.key}.1"
-            run.child = child_id
-            self.effects.append(StartChild(run.key, step.workflow, run.input, child_id))
-            self._event("step.scheduled", run, data={"child": child_id})
-            self._arm_step_deadline(run)
-
-    def _wait(self, step: WaitStep, run: StepRun, act: dict[str, Any]) -> None:
-        run.status = "waiting"
-        if step.duration is not None:
-            run.timer, run.timer_at = "wait", self.now + step.duration
-        elif step.until is not None:
-            run.timer, run.timer_at = "wait", self.x.until(step.until, act).timestamp()
-        elif step.message is not None:
-            run.channel = str(self.x.render(step.message.channel, act))
-            run.after_seq = self.channel_seq(run.channel)
-            timeout = step.timeout.schedule_to_close if step.timeout else None
-            if timeout is not None:
-                run.timer, run.timer_at = "timeout", self.now + timeout
-        self._event("step.waiting", run)
-
-    def _arm_step_deadline(self, run: StepRun) -> None:
-        """schedule_to_close of the whole step, retries included."""
-        step = self._step(run.step)
-        timeout: Timeouts | None = getattr(step, "timeout", None)
-        limit = timeout.schedule_to_close if timeout is not None else None
-        if limit is not None and run.timer is None and run.status == "running":
-            run.timer, run.timer_at = "timeout", run.started_at + limit
 
     def _goto(self, thread: Thread, target: str | None) -> None:
         if target is None:
