@@ -30,7 +30,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -41,7 +40,8 @@ import uvloop
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from core import fmt, log, machine, percentile, print_report, targets_met
+import _common as common
+from _common import fmt, log, percentile
 
 from fleetchat import Hub, HubSettings
 from fleetchat.config import ChatSettings
@@ -150,24 +150,22 @@ async def run(args: argparse.Namespace, db: Path) -> dict[str, Any]:
             log(f"run {n + 1}/{args.runs}")
             runs.append(await one_run(hub, args.rate))
             log(f"  {json.dumps({k: round(v, 3) for k, v in runs[-1].items()})}")
-    figures = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    figures = common.median_figures(runs)
     figures.update(fill_seconds=fill_seconds, rate=args.rate, runs=args.runs)
     return {"backup": figures, "per_run": runs}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--messages", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--rate", type=float, default=1000.0, help="publishes per second")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    p = common.parser(__doc__, quick=None)
+    p.add_argument("--messages", type=int, default=1_000_000)
+    p.add_argument("--rate", type=float, default=1000.0, help="publishes per second")
+    args = common.parse(p)
     with tempfile.TemporaryDirectory(prefix="fleetchat-bench-backup-") as tmp:
         db = Path(tmp) / "bench.db"
         result = uvloop.run(run(args, db))
         result["backup"]["db_mb"] = db.stat().st_size / 1e6
     f = result["backup"]
-    targets = targets_met(result, TARGETS)
+    targets = common.targets_met(result, TARGETS)
     rows = [
         (
             "hub",
@@ -189,11 +187,11 @@ def main() -> None:
         ("stall (max ack during backup)", f"{fmt(f['stall_ms'])} ms", ""),
     ]
     title = f"backup, median of {args.runs} run(s)"
-    print_report(title, rows, targets, to_stderr=args.json)
+    common.print_report(title, rows, targets, to_stderr=args.json)
     if args.json:
         result["targets"] = targets
-        result["machine"] = machine()
-        sys.stdout.write(json.dumps(result) + "\n")
+        result["machine"] = common.machine()
+        common.write_json(result, indent=None)
 
 
 if __name__ == "__main__":

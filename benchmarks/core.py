@@ -54,22 +54,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import math
 import os
-import platform
-import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import _common as common
 import uvloop
+from _common import fmt, log, percentile, wanted
 
-import fleetchat
 from fleetchat import Hub, HubSettings, StorageSettings
 
 PUBLISHERS = 256  # concurrent publisher coroutines on durable channels
@@ -99,16 +96,6 @@ TARGETS: list[tuple[str, str, float, str]] = [
     ("register.memory.10000.seconds", "<", 1.0, "register 10,000 agents, memory:// (s)"),
     ("register.sqlite.10000.seconds", "<", 1.0, "register 10,000 agents, sqlite (s)"),
 ]
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of ``values``."""
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
 
 
 def sqlite_url(tmp: str) -> str:
@@ -337,14 +324,10 @@ def median_of(
         if label:
             CPU_SHARES[label] = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
         if isinstance(results[0], dict):
-            return {k: statistics.median(r[k] for r in results) for k in results[0]}
+            return common.median_figures(results)
         return statistics.median(results)
 
     return go
-
-
-def wanted(only: list[str] | None, key: str) -> bool:
-    return not only or any(key == o or key.startswith(o + ":") for o in only)
 
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -437,137 +420,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-def lookup(figures: dict[str, Any], key: str) -> float | None:
-    section, _, field = key.rpartition(".")
-    value = figures.get(section, {}).get(field)
-    return None if value is None else float(value)
-
-
-def targets_met(
-    figures: dict[str, Any], targets: list[tuple[str, str, float, str]]
-) -> list[dict[str, Any]]:
-    """Each ``(key, op, bound, label)`` of ``targets`` (``op`` ``>=`` or ``<``) checked against
-    ``figures``; targets whose figure was not measured are left out. For the task and workflow
-    benchmarks."""
-    out = []
-    for key, op, bound, label in targets:
-        value = lookup(figures, key)
-        if value is None:
-            continue
-        met = value >= bound if op == ">=" else value < bound
-        out.append(
-            {"target": label, "key": key, "value": value, "op": op, "bound": bound, "met": met}
-        )
-    return out
-
-
-def print_report(
-    title: str,
-    rows: list[tuple[str, str, str]],
-    targets: list[dict[str, Any]],
-    *,
-    to_stderr: bool,
-    width: int = 120,
-) -> None:
-    """The figures table and the targets table (stderr when stdout carries the JSON)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(file=sys.stderr if to_stderr else sys.stdout, width=width)
-    table = Table(title=title)
-    for col in ("benchmark", "figure", "also"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    tt = Table(title="targets (from the issue)")
-    for col in ("target", "measured", "bound", "result"):
-        tt.add_column(col)
-    for t in targets:
-        tt.add_row(
-            t["target"],
-            fmt(t["value"]),
-            f"{t['op']} {fmt(t['bound'])}",
-            "[green]PASS[/]" if t["met"] else "[red]MISS[/]",
-        )
-    console.print(tt)
-
-
-def check_targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for key, op, bound, label in TARGETS:
-        value = lookup(figures, key)
-        if value is None:
-            continue
-        ok = {">=": value >= bound, "<=": value <= bound, "<": value < bound}[op]
-        out.append(
-            {
-                "target": label,
-                "key": key,
-                "value": value,
-                "op": op,
-                "bound": bound,
-                "met": ok,
-                "ratio": value / bound,
-            }
-        )
-    return out
-
-
-def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "sqlite": sqlite3.sqlite_version,
-        "uvloop": uvloop.__version__,
-        "fleetchat": fleetchat.__version__,
-        "loadavg": _loadavg(),
-        "git": _git(),
-    }
-
-
-def _git() -> str:
-    """The commit measured, with ``+dirty`` when src/ differs from it."""
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return ""
-    return head + ("+dirty" if dirty else "")
-
-
-def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return ""
-
-
-def fmt(v: float) -> str:
-    if v >= 100:
-        return f"{v:,.0f}"
-    if v >= 10:
-        return f"{v:,.1f}"
-    return f"{v:,.3g}"
-
-
-def render(figures: dict[str, Any], targets: list[dict[str, Any]], args: argparse.Namespace) -> str:
+def rows_of(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     fanouts = [("ephemeral", n) for n in FANOUT_NS] + [("ephemeral-unbatched", 100)]
     fanouts += [("durable", n) for n in FANOUT_NS]
@@ -627,86 +480,29 @@ def render(figures: dict[str, Any], targets: list[dict[str, Any]], args: argpars
                         f"{f['us_per_agent']:.1f} us/agent",
                     )
                 )
-    mode = "quick" if args.quick else "full"
-    title = f"fleetchat core benchmarks ({mode}, median of {args.runs}, {_git() or '?'})"
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # pragma: no cover - rich is a dependency
-        Console = None  # type: ignore[assignment,misc]
-    if Console is not None:
-        console = Console(file=sys.stderr if args.json else sys.stdout, width=110)
-        table = Table(title=title)
-        for col in ("benchmark", "figure", "also"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(*r)
-        console.print(table)
-        tt = Table(title="targets (from the issue)")
-        for col in ("target", "measured", "bound", "result"):
-            tt.add_column(col)
-        for t in targets:
-            tt.add_row(
-                t["target"],
-                fmt(t["value"]),
-                f"{t['op']} {fmt(t['bound'])}",
-                "[green]PASS[/]" if t["met"] else f"[red]MISS[/] ({t['ratio']:.2f}x of bound)",
-            )
-        console.print(tt)
-        return ""
-    lines = [title]
-    lines += [f"{a:<40} {b:<36} {c}" for a, b, c in rows]
-    lines.append("targets:")
-    for t in targets:
-        res = "PASS" if t["met"] else f"MISS ({t['ratio']:.2f}x of bound)"
-        bound = f"{t['op']} {fmt(t['bound'])}"
-        lines.append(f"  {t['target']:<48} {fmt(t['value']):>12} {bound}  {res}")
-    text = "\n".join(lines)
-    print(text, file=sys.stderr if args.json else sys.stdout)
-    return text
+    return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller runs; under 60 s in all")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument("--runs", type=int, default=3, help="runs per figure; the median is kept")
-    parser.add_argument(
-        "--only",
-        action="append",
-        help="run only this section or scenario (repeatable): fanout, fanout:ephemeral:100, "
-        "publish, publish:normal, publish-serial, request, memory, subscribe, register, "
-        "register:sqlite",
-    )
-    args = parser.parse_args()
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    started = time.perf_counter()
-    load_before = _loadavg()
-    figures = uvloop.run(run_all(args))
-    targets = check_targets(figures)
-    render(figures, targets, args)
-    wall = time.perf_counter() - started
-    busy = {k: v for k, v in CPU_SHARES.items() if v < 0.9 and ".full" not in k}
-    if busy:
-        log(
-            "warning: these figures got under 90% of a CPU (other processes were running?): "
-            + ", ".join(f"{k} {v:.0%}" for k, v in busy.items())
+    args = common.parse(
+        common.parser(
+            __doc__,
+            only="run only this section or scenario (repeatable): fanout, fanout:ephemeral:100, "
+            "publish, publish:normal, publish-serial, request, memory, subscribe, register, "
+            "register:sqlite",
         )
-    log(f"done in {wall:.1f} s; load average before {load_before}, after {_loadavg()}")
-    if args.json:
-        out = {
-            "machine": machine(),
-            "mode": "quick" if args.quick else "full",
-            "runs": args.runs,
-            "seconds": wall,
-            "load_before": load_before,
-            "figures": figures,
-            "cpu_share": CPU_SHARES,
-            "targets": targets,
-        }
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    )
+    session = common.Session(args)
+    figures = uvloop.run(run_all(args))
+    targets = common.targets_met(figures, TARGETS, ratio=True)
+    common.print_report(
+        session.title("core"), rows_of(figures), targets, to_stderr=args.json, width=110
+    )
+    common.warn_shares(
+        "warning: these figures got under 90% of a CPU (other processes were running?): ",
+        {k: v for k, v in CPU_SHARES.items() if v < 0.9 and ".full" not in k},
+    )
+    session.finish(figures, targets, cpu_share=CPU_SHARES)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,6 @@ import contextlib
 import gc
 import itertools
 import json
-import math
 import multiprocessing as mp
 import os
 import re
@@ -84,8 +83,9 @@ import msgspec
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _common as common
 import ws_client
-from core import _git, _loadavg, fmt, machine
+from _common import fmt, log, wanted
 from ws import LAUNCHER
 from ws_client import Conn, open_agent, open_many, ws_frame
 
@@ -110,10 +110,6 @@ TARGETS: list[tuple[str, str, float, str]] = [
 ]
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def measured_code() -> str:
     """What the nodes run: the commit of this checkout (``+dirty`` when src/ differs), or, when
     PYTHONPATH points at an exported tree (``git archive HEAD src``, with the commit written to
@@ -122,7 +118,7 @@ def measured_code() -> str:
 
     root = Path(fleetchat.__file__).resolve().parents[2]
     if root == Path(__file__).resolve().parents[1]:
-        return _git()
+        return common.git()
     commit = root / "COMMIT"
     if commit.exists():
         return f"{commit.read_text().strip()} (exported to {root})"
@@ -925,7 +921,9 @@ def throughput_run(
             load.kill()
     shares = window.shares
     rate_k = r["deliveries_per_s"] / 1000
-    out = {k: v for k, v in r.items() if _num(v) and not k.startswith(("server_", "load_"))}
+    out = {
+        k: v for k, v in r.items() if common.is_number(v) and not k.startswith(("server_", "load_"))
+    }
     out["cpu_leader"] = shares["node0"]
     followers = [shares[f"node{i}"] for i in range(1, nodes)]
     out["cpu_hub_total"] = shares["node0"] + sum(followers)
@@ -1045,33 +1043,22 @@ def max_wait(shares: dict[str, float]) -> float:
     return max((v for k, v in shares.items() if k.endswith("_wait")), default=0.0)
 
 
-def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
 def median_of(runs: int, fn: Callable[[str], dict[str, Any]], label: str) -> dict[str, Any]:
-    """Median of ``runs`` calls of ``fn(label.run)`` (the label names profiles)."""
-    results = []
-    for i in range(runs):
+    """Median of ``runs`` calls of ``fn(label.run)`` (the label names profiles); NaN (not seen
+    within the run) counts as the longest, and a median that is one is None."""
+
+    def one(i: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         r = fn(f"{label}.{i}")
         r["run_seconds"] = time.perf_counter() - t0
-        log(f"  run {i + 1}: " + ", ".join(f"{k}={fmt(v)}" for k, v in r.items() if _num(v)))
-        results.append(r)
-    out: dict[str, Any] = {}
-    for k in results[0]:
-        # NaN: not seen within the run (a message that did not arrive): it counts as the
-        # longest; a median that is one is reported as None.
-        vals = [r[k] if r[k] == r[k] else math.inf for r in results if _num(r.get(k))]
-        if vals:
-            m = statistics.median_low(vals) if math.inf in vals else statistics.median(vals)
-            out[k] = None if m == math.inf else m
-    out["runs"] = [{k: (v if v == v else None) for k, v in r.items() if _num(v)} for r in results]
+        return r
+
+    results = common.runs_of(runs, one, show=True)
+    out = common.median_figures(results)
+    out["runs"] = [
+        {k: (v if v == v else None) for k, v in r.items() if common.is_number(v)} for r in results
+    ]
     return out
-
-
-def wanted(only: list[str] | None, key: str) -> bool:
-    return not only or any(key == o or key.startswith(o + ":") for o in only)
 
 
 def run_all(args: argparse.Namespace, base: Path) -> dict[str, Any]:
@@ -1106,28 +1093,6 @@ def run_all(args: argparse.Namespace, base: Path) -> dict[str, Any]:
 
 
 # -- output -------------------------------------------------------------------------------
-
-
-def check_targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for key, op, bound, label in TARGETS:
-        section, _, field = key.rpartition(".")
-        value = figures.get(section, {}).get(field)
-        if not _num(value):
-            continue
-        ok = value < bound if op == "<" else value >= bound
-        out.append(
-            {
-                "target": label,
-                "key": key,
-                "value": value,
-                "op": op,
-                "bound": bound,
-                "met": ok,
-                "ratio": value / bound,
-            }
-        )
-    return out
 
 
 def ms(v: float | None) -> str:
@@ -1200,60 +1165,26 @@ def rows_of(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def render(
-    figures: dict[str, Any], targets: list[dict[str, Any]], args: argparse.Namespace
-) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    mode = "quick" if args.quick else "full"
-    console = Console(file=sys.stderr if args.json else sys.stdout, width=150)
-    code = measured_code() or "?"
-    table = Table(title=f"fleetchat distributed benchmarks ({mode}, median of {args.runs}, {code})")
-    for col in ("benchmark", "figure", "also"):
-        table.add_column(col)
-    for r in rows_of(figures):
-        table.add_row(*r)
-    console.print(table)
-    tt = Table(title="targets")
-    for col in ("target", "measured", "bound", "result"):
-        tt.add_column(col)
-    for t in targets:
-        tt.add_row(
-            t["target"],
-            fmt(t["value"]),
-            f"{t['op']} {fmt(t['bound'])}",
-            "[green]PASS[/]" if t["met"] else f"[red]MISS[/] ({t['ratio']:.2f}x of bound)",
-        )
-    console.print(tt)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorter runs; about 90 s in all")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument("--runs", type=int, default=3, help="runs per figure; the median is kept")
-    parser.add_argument(
+    p = common.parser(
+        __doc__,
+        quick="shorter runs; about 90 s in all",
+        only="run only this case (repeatable): latency, throughput, throughput:1, "
+        "throughput:2, throughput:3, failover",
+    )
+    p.add_argument(
         "--node-prelude",
         default="",
         help="Python code every node process runs before fleetchat starts, for experiments "
         "(e.g. a monkeypatch); recorded in the JSON",
     )
-    parser.add_argument(
+    p.add_argument(
         "--profile",
         help="record every node with py-spy over the measured phase of the latency and "
         "throughput runs: PROFILE.<case>.<run>.node<i> (raw format; see pyspy_top.py)",
     )
-    parser.add_argument("--pyspy", default="/tmp/pyspy-venv/bin/py-spy", help="py-spy binary")
-    parser.add_argument(
-        "--only",
-        action="append",
-        help="run only this case (repeatable): latency, throughput, throughput:1, "
-        "throughput:2, throughput:3, failover",
-    )
-    args = parser.parse_args()
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
+    p.add_argument("--pyspy", default="/tmp/pyspy-venv/bin/py-spy", help="py-spy binary")
+    args = common.parse(p)
     global PRELUDE
     PRELUDE = args.node_prelude
     if PRELUDE.startswith("@"):  # @file: the code in a file
@@ -1261,31 +1192,23 @@ def main() -> None:
     if args.profile:
         PROFILE.update(prefix=args.profile, pyspy=args.pyspy)
     ws_client.raise_nofile()
-    started = time.perf_counter()
-    load_before = _loadavg()
+    session = common.Session(args)
     base = Path(tempfile.mkdtemp(prefix="fleetchat-dist-"))
     try:
         figures = run_all(args, base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    targets = check_targets(figures)
-    render(figures, targets, args)
-    wall = time.perf_counter() - started
-    log(f"done in {wall:.1f} s; load average before {load_before}, after {_loadavg()}")
-    if args.json:
-        out = {
-            "machine": machine(),
-            "git": measured_code(),
-            "mode": "quick" if args.quick else "full",
-            "runs": args.runs,
-            "node_prelude": PRELUDE,
-            "seconds": wall,
-            "load_before": load_before,
-            "figures": figures,
-            "targets": targets,
-        }
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    targets = common.targets_met(figures, TARGETS, ratio=True)
+    code = measured_code()
+    common.print_report(
+        session.title("distributed", code),
+        rows_of(figures),
+        targets,
+        to_stderr=args.json,
+        width=150,
+        targets_title="targets",
+    )
+    session.finish(figures, targets, head={"git": code}, fields={"node_prelude": PRELUDE})
 
 
 if __name__ == "__main__":

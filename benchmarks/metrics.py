@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import uvloop
+from _common import console, parse, parser, write_json
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleetchat import Hub, HubSettings
@@ -108,7 +107,6 @@ async def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any], to_stderr: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"/metrics on {r['url']}: {r['tasks']:,} tasks, {r['agents']:,} agents")
@@ -129,22 +127,21 @@ def report(r: dict[str, Any], to_stderr: bool) -> None:
     ]
     for row in rows:
         table.add_row(*row)
-    Console(file=sys.stderr if to_stderr else sys.stdout).print(table)
+    console(to_stderr).print(table)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=10_000)
-    parser.add_argument("--agents", type=int, default=1_000)
-    parser.add_argument("--scrapes", type=int, default=20)
-    parser.add_argument("--url", choices=("sqlite", "memory"), default="sqlite")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    p = parser(__doc__, quick=None, runs=False)
+    p.add_argument("--tasks", type=int, default=10_000)
+    p.add_argument("--agents", type=int, default=1_000)
+    p.add_argument("--scrapes", type=int, default=20)
+    p.add_argument("--url", choices=("sqlite", "memory"), default="sqlite")
+    args = parse(p)
     with tempfile.TemporaryDirectory() as directory:
         result = uvloop.run(run(args, Path(directory)))
     report(result, to_stderr=args.json)
     if args.json:
-        print(json.dumps(result))
+        write_json(result, indent=None)
 
 
 if __name__ == "__main__":

@@ -43,10 +43,8 @@ another agent, with 250 ms and the default 1 s heartbeats. Both are in benchmark
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -58,8 +56,9 @@ from fleetchat.tasks.batch import free_slots, optimal_total
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _common as common
 import tasks_e2e
-from core import _git, _loadavg, fmt, log, machine, print_report, targets_met
+from _common import fmt, log
 
 POLICY = AllocationPolicy()
 
@@ -199,8 +198,7 @@ def quality_run(seed: int, instance: str, agents_n: int, fill: float) -> dict[st
 
 def median_of(runs: int, seed: int, fn: Callable[[int], dict[str, float]]) -> dict[str, float]:
     """The median of each figure over ``runs`` runs of ``fn(seed + r)``."""
-    results = [fn(seed + r) for r in range(runs)]
-    return {k: statistics.median(r[k] for r in results) for k in results[0]}
+    return common.median_figures(common.runs_of(runs, lambda r: fn(seed + r)))
 
 
 def run_decide(args: argparse.Namespace, figures: dict[str, Any]) -> None:
@@ -279,43 +277,14 @@ def rows(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller runs; about 45 s in all")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument("--runs", type=int, default=3, help="runs per figure; the median is kept")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the first run's instance")
-    parser.add_argument(
-        "--only",
-        action="append",
-        choices=sorted(SECTIONS),
-        help="run only this section (repeatable)",
+    p = common.parser(
+        __doc__,
+        quick="smaller runs; about 45 s in all",
+        only="run only this section (repeatable)",
+        only_choices=SECTIONS,
     )
-    args = parser.parse_args()
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    started, load_before = time.perf_counter(), _loadavg()
-    figures: dict[str, Any] = {}
-    for name, section in SECTIONS.items():
-        if not args.only or name in args.only:
-            section(args, figures)
-    targets = targets_met(figures, TARGETS)
-    mode = "quick" if args.quick else "full"
-    title = f"fleetchat task benchmarks ({mode}, median of {args.runs}, {_git()})"
-    print_report(title, rows(figures), targets, to_stderr=args.json, width=120)
-    wall = time.perf_counter() - started
-    log(f"done in {wall:.1f} s; load average before {load_before}, after {_loadavg()}")
-    if args.json:
-        out = {
-            "machine": machine(),
-            "mode": "quick" if args.quick else "full",
-            "runs": args.runs,
-            "seed": args.seed,
-            "seconds": wall,
-            "figures": figures,
-            "targets": targets,
-        }
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    p.add_argument("--seed", type=int, default=1, help="seed of the first run's instance")
+    common.sections_main(p, SECTIONS, TARGETS, rows, what="task", width=120, fields=("seed",))
 
 
 if __name__ == "__main__":

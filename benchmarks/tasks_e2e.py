@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from core import fmt, log, percentile
+from _common import fmt, log, median_figures, percentile
 
 from fleetchat import Hub, HubSettings
 from fleetchat.config import RegistrySettings
@@ -271,9 +271,8 @@ def run_e2e(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     ):
         log(f"e2e: {AGENTS} agents (capacity {CAPACITY}), {tasks_n} tasks, {how} x {args.runs}")
         results = [uvloop.run(e2e_run(tasks_n, 0.0, window)) for _ in range(args.runs)]
-        out = {k: statistics.median(r[k] for r in results) for k in results[0]}
-        out["once"] = min(r["once"] for r in results)  # every run must pass, not the median one
-        figures[key] = out | {
+        # every run must pass, not the median one
+        figures[key] = median_figures(results, worst=("once",)) | {
             "agents": AGENTS,
             "capacity": CAPACITY,
             "tasks": tasks_n,

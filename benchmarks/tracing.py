@@ -26,7 +26,6 @@ Prints a table.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing
 import statistics
@@ -39,6 +38,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from _common import parse, parser
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from fleetchat import Hub, HubSettings
@@ -124,11 +124,10 @@ async def _run(telemetry: TelemetrySettings, messages: int, receivers: int) -> t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=3000)
-    parser.add_argument("--receivers", type=int, default=10)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+    p = parser(__doc__, quick=None, json_flag=False)
+    p.add_argument("--messages", type=int, default=3000)
+    p.add_argument("--receivers", type=int, default=10)
+    args = parse(p)
     spans: Synchronized[int] = multiprocessing.Value("q", 0)
     port, child = multiprocessing.Pipe()
     sink = multiprocessing.Process(target=_serve, args=(child, spans), daemon=True)

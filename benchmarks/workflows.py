@@ -57,10 +57,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -72,7 +70,8 @@ import uvloop
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from core import _git, _loadavg, fmt, log, machine, percentile, print_report, targets_met
+import _common as common
+from _common import fmt, log, percentile
 from tasks_e2e import Child, cpu_seconds
 
 from fleetchat import Hub, HubSettings
@@ -299,8 +298,8 @@ def run_cpu(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     results = [uvloop.run(cpu_run(count)) for _ in range(args.runs)]
     for key in ("mix", "local"):
         runs = [r[key] for r in results]
-        out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        out["once"] = min(r["once"] for r in runs)  # every run must pass, not the median one
+        # every run must pass, not the median one
+        out = common.median_figures(runs, worst=("once",))
         out["runs_ms_per_step"] = [r["ms_per_step"] for r in runs]  # type: ignore[assignment]
         figures[f"cpu.{key}"] = out
 
@@ -351,9 +350,7 @@ def run_latency(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     count = LATENCY_EXECUTIONS_QUICK if args.quick else LATENCY_EXECUTIONS
     log(f"latency: {count} executions of bench-chain (10 agent tasks), one at a time x {args.runs}")
     runs = [uvloop.run(latency_run(count)) for _ in range(args.runs)]
-    out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    out["once"] = min(r["once"] for r in runs)
-    figures["latency"] = out
+    figures["latency"] = common.median_figures(runs, worst=("once",))
 
 
 # -- resume ------------------------------------------------------------------------------------
@@ -424,9 +421,7 @@ def run_resume(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     count = RESUME_EXECUTIONS_QUICK if args.quick else RESUME_EXECUTIONS
     log(f"resume: {count} executions waiting 1 h, the hub reopened x {args.runs}")
     runs = [uvloop.run(resume_run(count)) for _ in range(args.runs)]
-    out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    out["once"] = min(r["once"] for r in runs)
-    figures["resume"] = out
+    figures["resume"] = common.median_figures(runs, worst=("once",))
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], None]] = {
@@ -480,38 +475,13 @@ def rows(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller runs; under a minute")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument("--runs", type=int, default=3, help="runs per figure; the median is kept")
-    parser.add_argument(
-        "--only", action="append", choices=sorted(SECTIONS), help="run only this section"
+    p = common.parser(
+        __doc__,
+        quick="smaller runs; under a minute",
+        only="run only this section",
+        only_choices=SECTIONS,
     )
-    args = parser.parse_args()
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
-    started, load_before = time.perf_counter(), _loadavg()
-    figures: dict[str, Any] = {}
-    for name, section in SECTIONS.items():
-        if not args.only or name in args.only:
-            section(args, figures)
-    targets = targets_met(figures, TARGETS)
-    mode = "quick" if args.quick else "full"
-    title = f"fleetchat workflow benchmarks ({mode}, median of {args.runs}, {_git()})"
-    print_report(title, rows(figures), targets, to_stderr=args.json, width=140)
-    wall = time.perf_counter() - started
-    log(f"done in {wall:.1f} s; load average before {load_before}, after {_loadavg()}")
-    if args.json:
-        out = {
-            "machine": machine(),
-            "mode": "quick" if args.quick else "full",
-            "runs": args.runs,
-            "seconds": wall,
-            "figures": figures,
-            "targets": targets,
-        }
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    common.sections_main(p, SECTIONS, TARGETS, rows, what="workflow", width=140)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,6 @@ import multiprocessing as mp
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -63,8 +62,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _common as common
 import ws_client
-from core import _git, _loadavg, fmt, machine
+from _common import fmt, log, wanted
 
 HOST = "127.0.0.1"
 AGENTS = 100
@@ -102,10 +102,6 @@ TARGETS: list[tuple[str, str, float, str]] = [
 ]
 
 CPU_SHARES: dict[str, float] = {}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- the server process -------------------------------------------------------------------
@@ -325,21 +321,15 @@ def scale_run(quick: bool, profile: str | None = None, pyspy: str | None = None)
 def median_of(runs: int, fn: Any, label: str, args: argparse.Namespace) -> dict[str, float]:
     """Median of ``runs`` calls of ``fn(quick, profile, pyspy)``; with ``--profile`` each run's
     server is recorded by py-spy into ``PROFILE.<label>.<run>``."""
-    results = []
-    for i in range(runs):
-        prof = f"{args.profile}.{label}.{i}" if args.profile else None
-        r = fn(args.quick, prof, args.pyspy)
-        log(f"  run {i + 1}: " + ", ".join(f"{k}={fmt(v)}" for k, v in r.items() if _num(v)))
-        results.append(r)
-    out = {k: statistics.median(r[k] for r in results) for k in results[0] if _num(results[0][k])}
+
+    def one(i: int) -> dict[str, Any]:
+        return fn(args.quick, f"{args.profile}.{label}.{i}" if args.profile else None, args.pyspy)
+
+    out = common.median_figures(common.runs_of(runs, one, show=True))
     for side in ("server_cpu", "load_cpu", "server_wait", "load_wait"):
         if side in out:
             CPU_SHARES[f"{label}.{side.replace('_cpu', '')}"] = out[side]
     return out
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def sdk_ready() -> bool:
@@ -348,10 +338,6 @@ def sdk_ready() -> bool:
     except Exception:
         return False
     return True
-
-
-def wanted(only: list[str] | None, key: str) -> bool:
-    return not only or any(key == o or key.startswith(o + ":") for o in only)
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -387,33 +373,6 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- output -------------------------------------------------------------------------------
-
-
-def lookup(figures: dict[str, Any], key: str) -> float | None:
-    section, _, field = key.rpartition(".")
-    value = figures.get(section, {}).get(field)
-    return None if not _num(value) else float(value)
-
-
-def check_targets(figures: dict[str, Any], quick: bool = False) -> list[dict[str, Any]]:
-    out = []
-    for key, op, bound, label in TARGETS:
-        value = lookup(figures, key)
-        if value is None or (quick and key == "scale.connections"):
-            continue  # --quick opens 3,000 connections: the count target needs a full run
-        ok = {">=": value >= bound, "<=": value <= bound, "<": value < bound}[op]
-        out.append(
-            {
-                "target": label,
-                "key": key,
-                "value": value,
-                "op": op,
-                "bound": bound,
-                "met": ok,
-                "ratio": value / bound,
-            }
-        )
-    return out
 
 
 def rows_of(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -470,101 +429,58 @@ def rows_of(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def render(
-    figures: dict[str, Any], targets: list[dict[str, Any]], args: argparse.Namespace
-) -> None:
-    rows = rows_of(figures)
-    mode = "quick" if args.quick else "full"
-    title = f"fleetchat network hub benchmarks ({mode}, median of {args.runs}, {_git() or '?'})"
-    if args.server_prelude:
-        title += f"; server prelude: {args.server_prelude}"
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(file=sys.stderr if args.json else sys.stdout, width=130)
-    table = Table(title=title)
-    for col in ("benchmark", "figure", "also"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*r)
-    console.print(table)
-    tt = Table(title="targets")
-    for col in ("target", "measured", "bound", "result"):
-        tt.add_column(col)
-    for t in targets:
-        tt.add_row(
-            t["target"],
-            fmt(t["value"]),
-            f"{t['op']} {fmt(t['bound'])}",
-            "[green]PASS[/]" if t["met"] else f"[red]MISS[/] ({t['ratio']:.2f}x of bound)",
-        )
-    if "pending" in figures.get("throughput.sdk", {}):
-        tt.add_row("deliveries/s to 100 agents, SDK agents", "pending SDK", "", "")
-    console.print(tt)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller runs; under 60 s in all")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument("--runs", type=int, default=3, help="runs per figure; the median is kept")
-    parser.add_argument(
-        "--only",
-        action="append",
-        help="run only this case (repeatable): latency, throughput, throughput:lean, "
+    p = common.parser(
+        __doc__,
+        only="run only this case (repeatable): latency, throughput, throughput:lean, "
         "throughput:sdk, scale",
     )
-    parser.add_argument(
+    p.add_argument(
         "--profile", help="record the server with py-spy in every run: PROFILE.<case>.<run>"
     )
-    parser.add_argument("--pyspy", default="/tmp/pyspy-venv/bin/py-spy", help="py-spy binary")
-    parser.add_argument(
+    p.add_argument("--pyspy", default="/tmp/pyspy-venv/bin/py-spy", help="py-spy binary")
+    p.add_argument(
         "--server-prelude",
         default="",
         help="Python code the server process runs before fleetchat starts, for experiments, "
         "e.g. 'import gc; gc.set_threshold(20_000, 10, 10)'; recorded in the JSON",
     )
-    args = parser.parse_args()
+    args = common.parse(p)
     global PRELUDE
     PRELUDE = args.server_prelude
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
     ws_client.raise_nofile()
     if len(os.sched_getaffinity(0)) < 2:
         log("warning: fewer than 2 CPUs available; server and load share one")
-    started = time.perf_counter()
-    load_before = _loadavg()
+    session = common.Session(args)
     figures = run_all(args)
-    targets = check_targets(figures, args.quick)
-    render(figures, targets, args)
-    wall = time.perf_counter() - started
-    busy = {k: v for k, v in CPU_SHARES.items() if k.endswith(".server") and v > 0.95}
-    if busy:
-        log(
-            "note: the server was CPU-bound (> 95% of its core) in: "
-            + ", ".join(f"{k} {v:.0%}" for k, v in busy.items())
-        )
-    waited = {k: v for k, v in CPU_SHARES.items() if k.endswith("_wait") and v > 0.05}
-    if waited:
-        log(
-            "warning: other processes took the CPU from these (run-queue wait over 5% of the "
-            "time; figures are disturbed): " + ", ".join(f"{k} {v:.0%}" for k, v in waited.items())
-        )
-    log(f"done in {wall:.1f} s; load average before {load_before}, after {_loadavg()}")
-    if args.json:
-        out = {
-            "machine": machine(),
-            "mode": "quick" if args.quick else "full",
-            "runs": args.runs,
-            "server_prelude": args.server_prelude,
-            "seconds": wall,
-            "load_before": load_before,
-            "figures": figures,
-            "cpu_share": CPU_SHARES,
-            "targets": targets,
-        }
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    # --quick opens 3,000 connections: the count target needs a full run
+    skip = ("scale.connections",) if args.quick else ()
+    targets = common.targets_met(figures, TARGETS, ratio=True, skip=skip)
+    title = session.title("network hub")
+    if args.server_prelude:
+        title += f"; server prelude: {args.server_prelude}"
+    pending = "pending" in figures.get("throughput.sdk", {})
+    common.print_report(
+        title,
+        rows_of(figures),
+        targets,
+        to_stderr=args.json,
+        width=130,
+        targets_title="targets",
+        pending=["deliveries/s to 100 agents, SDK agents"] if pending else [],
+    )
+    common.warn_shares(
+        "note: the server was CPU-bound (> 95% of its core) in: ",
+        {k: v for k, v in CPU_SHARES.items() if k.endswith(".server") and v > 0.95},
+    )
+    common.warn_shares(
+        "warning: other processes took the CPU from these (run-queue wait over 5% of the "
+        "time; figures are disturbed): ",
+        {k: v for k, v in CPU_SHARES.items() if k.endswith("_wait") and v > 0.05},
+    )
+    session.finish(
+        figures, targets, fields={"server_prelude": args.server_prelude}, cpu_share=CPU_SHARES
+    )
 
 
 if __name__ == "__main__":
