@@ -28,8 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SchedulerTimers"]
 
-# The scheduler's logger, as before this mixin was split out of it: log records keep their name.
-log = logging.getLogger("fleetchat.tasks.scheduler")
+log = logging.getLogger(__name__)
 
 
 class SchedulerTimers(SchedulingModes):
