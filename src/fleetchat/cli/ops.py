@@ -122,7 +122,7 @@ def _summary(r: dict[str, Any]) -> str:
         took = f" in {r['took'] * 1000:.0f} ms" if isinstance(r.get("took"), int | float) else ""
         extra = f", {r['parked']} parked" if r.get("parked") else ""
         moved = f", {len(r['tasks'])} task(s) moved" if r.get("tasks") else ""
-        return f"{r.get('failure')} {who}: {state}{took}{moved}{extra}".replace("  ", " ")
+        return f"{r.get('failure')} {who}".strip() + f": {state}{took}{moved}{extra}"
     if kind == "config":
         changes = [
             *(f"{c['path']} {c['old']!r} -> {c['new']!r}" for c in r.get("applied", [])),
