@@ -19,9 +19,31 @@ if TYPE_CHECKING:
     from fleetchat.backends.ports import Bus
     from fleetchat.config import ChatSettings
 
-__all__ = ["HUB_SENDER", "ChannelRegistry", "hub_message", "inbox_name"]
+__all__ = [
+    "HUB_SENDER",
+    "ChannelRegistry",
+    "ensure_system_channel",
+    "hub_message",
+    "inbox_name",
+]
 
 HUB_SENDER = "$hub"
+
+
+async def ensure_system_channel(bus: Bus, name: str, now: float) -> None:
+    """Create the hub's own channel ``name`` (``$tasks``, ``$ops``...) unless it exists: durable,
+    silent, no agent may post in it. Several nodes may try at once; one makes it."""
+    if bus.channel(name) is None:
+        spec = Channel(
+            name=name,
+            type="system",
+            announce=False,
+            writers=[],
+            created_at=now,
+            last_activity_at=now,
+        )
+        with contextlib.suppress(ChannelExistsError):  # another node made it first
+            await bus.create_channel(spec)
 
 
 def hub_message(

@@ -11,14 +11,12 @@ the channel.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
 from fleetchat.backends.ports import Bus
-from fleetchat.chat.channels import hub_message
-from fleetchat.errors import ChannelExistsError, FleetchatError
-from fleetchat.models import Channel
+from fleetchat.chat.channels import ensure_system_channel, hub_message
+from fleetchat.errors import FleetchatError
 from fleetchat.types import Clock, Priority
 
 __all__ = ["ALERTS_CHANNEL", "OPS_CHANNEL", "OpsJournal"]
@@ -39,18 +37,7 @@ class OpsJournal:
 
     async def start(self) -> None:
         for name in (OPS_CHANNEL, ALERTS_CHANNEL):
-            if self._bus.channel(name) is None:
-                now = self._clock.time()
-                spec = Channel(
-                    name=name,
-                    type="system",
-                    announce=False,
-                    writers=[],
-                    created_at=now,
-                    last_activity_at=now,
-                )
-                with contextlib.suppress(ChannelExistsError):  # another node made it first
-                    await self._bus.create_channel(spec)
+            await ensure_system_channel(self._bus, name, self._clock.time())
 
     async def record(self, kind: str, body: dict[str, Any]) -> None:
         """Post one record on ``$ops``; a failure to post is logged, never raised."""

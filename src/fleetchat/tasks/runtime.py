@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from fleetchat.chat.channels import hub_message
-from fleetchat.errors import ChannelExistsError, FleetchatError
-from fleetchat.models import Channel, MessageKind
+from fleetchat.chat.channels import ensure_system_channel, hub_message
+from fleetchat.errors import FleetchatError
+from fleetchat.models import MessageKind
 from fleetchat.tasks.scheduler import Scheduler
 from fleetchat.tasks.service import TASKS_CHANNEL, TaskService
 from fleetchat.types import Priority
@@ -72,18 +72,7 @@ class TaskRuntime:
                 self._offer_traces[task.id] = tp
 
     async def start(self, leading: bool) -> None:
-        if self._bus.channel(TASKS_CHANNEL) is None:
-            now = self._clock.time()
-            spec = Channel(
-                name=TASKS_CHANNEL,
-                type="system",
-                announce=False,
-                writers=[],
-                created_at=now,
-                last_activity_at=now,
-            )
-            with contextlib.suppress(ChannelExistsError):  # another node made it first
-                await self._bus.create_channel(spec)
+        await ensure_system_channel(self._bus, TASKS_CHANNEL, self._clock.time())
         self._open = True
         self.lead(leading)
 

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from fleetchat.chat.channels import hub_message
+from fleetchat.chat.channels import ensure_system_channel, hub_message
 from fleetchat.errors import ConflictError, FleetchatError
-from fleetchat.models import Channel, Message
+from fleetchat.models import Message
 from fleetchat.workflows.engine import ENGINE_MEMBER, WorkflowEngine
 from fleetchat.workflows.interpreter import StartChild
 from fleetchat.workflows.model import AgentTaskStep
@@ -153,17 +153,10 @@ class EngineGlue:
             await self._bus.delete_channel(execution_channel(execution_id))
 
     async def _open_channel(self, execution_id: str) -> None:
-        now = self._clock.time()
-        spec = Channel(
-            name=execution_channel(execution_id),
-            type="system",
-            announce=False,
-            writers=[],
-            created_at=now,
-            last_activity_at=now,
-        )
-        with contextlib.suppress(FleetchatError):
-            await self._bus.create_channel(spec)
+        with contextlib.suppress(FleetchatError):  # events are in the store regardless
+            await ensure_system_channel(
+                self._bus, execution_channel(execution_id), self._clock.time()
+            )
 
     def published(self, record: ExecutionRecord, events: builtins.list[ExecutionEvent]) -> None:
         """Post a saved change's events on the execution's channel (one message)."""
