@@ -29,6 +29,7 @@ import msgspec
 
 from fleetchat.errors import FleetchatError
 from fleetchat.ops.health import HealthMonitor, HealthReport
+from fleetchat.ops.settings import HealthSettings
 from fleetchat.types import Priority
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ class FailureDetector:
         self._work: set[asyncio.Task[Any]] = set()
         self._open: dict[str, float] = {}  # condition -> since (backlog, degraded)
         self._marks: dict[str, tuple[float, int]] = {}  # member -> oldest, waiting
-        self.rounds = 0
         self._released: dict[str, list[str]] = {}  # lost holder -> leases released
         self._held: dict[str, list[str]] = {}  # holder -> leases, as of the last round
         hub.bus.on_broadcast(_DEGRADE_TOPIC, self._on_degrade)
@@ -81,7 +81,7 @@ class FailureDetector:
             self._released.setdefault(body["holder"], []).extend(body["resources"])
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> HealthSettings:
         return self._monitor.settings
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -126,7 +126,6 @@ class FailureDetector:
     async def check(self) -> HealthReport:
         """One round: run the checks, act on what they find."""
         report = await self._monitor.report(advance=True)
-        self.rounds += 1
         held: dict[str, list[str]] = {}
         for lease in await self._hub.leases.list():
             if lease.holder is not None:
@@ -142,7 +141,7 @@ class FailureDetector:
         stalled = set(report.check("channels.stalled").items)
         marks = {
             m.member: (m.oldest, m.queued + m.inflight)
-            for m in self._hub.bus.member_stats()
+            for m in self._monitor.last_stats  # what the report was made from
             if m.oldest is not None
         }
         for member in stalled:
@@ -329,12 +328,7 @@ class FailureDetector:
         task = await self._hub.tasks.find(task_id)
         if task is None:
             return {"state": "gone"}
-        if task.holder == agent_id and task.state not in (
-            "succeeded",
-            "failed",
-            "cancelled",
-            "timed_out",
-        ):
+        if task.holder == agent_id and not task.terminal:
             return None
         return {"state": task.state, "holder": task.holder}
 

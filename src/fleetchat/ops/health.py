@@ -79,10 +79,10 @@ class HealthMonitor:
         self._hub = hub
         self.settings = settings
         self._durations: deque[tuple[str, float]] = deque(maxlen=1000)
-        self._dlq_mark: tuple[float, int] | None = None
+        self._dlq_seen: int | None = None  # $dlq's last seq at the last detection round
         self._dlq_growth = 0
-        self.last_probe: float | None = None
-        """Seconds the last database probe write took (None: it failed or never ran)."""
+        self.last_stats: list[MemberStats] = []
+        """The member queues the last report was made from (the detector acts on them)."""
         hub.tasks.watchers.append(self._on_task)
 
     def _on_task(self, task: TaskRecord) -> None:
@@ -97,7 +97,7 @@ class HealthMonitor:
         measured from the previous round (other callers see the last round's growth)."""
         hub = self._hub
         now = hub.clock.time()
-        stats = hub.bus.member_stats()
+        stats = self.last_stats = hub.bus.member_stats()
         checks = [
             *self._agent_checks(now),
             *self._channel_checks(now, stats, advance),
@@ -171,9 +171,9 @@ class HealthMonitor:
         dlq = self._hub.bus.channel(DLQ_CHANNEL)
         seq = dlq.last_seq if dlq is not None else 0
         if advance:
-            if self._dlq_mark is not None:
-                self._dlq_growth = max(seq - self._dlq_mark[1], 0)
-            self._dlq_mark = (now, seq)
+            if self._dlq_seen is not None:
+                self._dlq_growth = max(seq - self._dlq_seen, 0)
+            self._dlq_seen = seq
         growth = self._dlq_growth
         yield Check(
             name="channels.dead_letters",
@@ -235,10 +235,8 @@ class HealthMonitor:
         try:
             took = await self.probe()
         except (FleetchatError, TimeoutError, OSError) as exc:
-            self.last_probe = None
             reason = getattr(exc, "message", None) or type(exc).__name__
             return Check(name="database.write", status="fail", message=f"write failed: {reason}")
-        self.last_probe = took
         status: Status = (
             "fail" if took > s.db_write_degrade else "warn" if took > s.db_write_warn else "ok"
         )
