@@ -9,7 +9,6 @@ ack timer fails what is still open, which is retried with backoff and finally de
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
@@ -20,6 +19,7 @@ from fleetchat.backends.local_member import Batch, Cursor, MemberState
 from fleetchat.backends.local_upkeep import Upkeep
 from fleetchat.backends.memory import MemoryLog
 from fleetchat.backends.ports import ChannelLog, CursorRecord, DeliveryObserver
+from fleetchat.background import Background
 from fleetchat.config import ChatSettings, StorageSettings
 from fleetchat.errors import (
     BackpressureError,
@@ -73,7 +73,8 @@ class LocalBus(Consuming, Upkeep):
         self._channels: dict[str, _ChannelState] = {}
         self._members: dict[str, MemberState] = {}
         self._dirty: list[Cursor] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # ``log`` is the channel log here, not the logger.
+        self._background = Background(logging.getLogger(__name__), "bus task")
         self._closed = False
         self.on_reply: Callable[[Message], bool] = lambda m: False
 
@@ -132,11 +133,7 @@ class LocalBus(Consuming, Upkeep):
         if self._closed:
             return
         self._closed = True
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._background.cancel()
         self._flush_cursors()
         for member in self._members.values():
             for batch in member.batches:
@@ -149,14 +146,7 @@ class LocalBus(Consuming, Upkeep):
         await self._log.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("bus task failed", exc_info=task.exception())
+        self._background.spawn(coro)
 
     # -- channels and members -------------------------------------------------------------
 

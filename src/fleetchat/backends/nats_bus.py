@@ -30,6 +30,7 @@ from fleetchat.backends.nats_feed import NatsDelivery
 from fleetchat.backends.nats_layout import Layout
 from fleetchat.backends.nats_member import NatsMemberState
 from fleetchat.backends.ports import DeliveryObserver
+from fleetchat.background import Background
 from fleetchat.config import ChatSettings
 from fleetchat.errors import (
     BackendUnavailableError,
@@ -90,7 +91,7 @@ class NatsBus(NatsChannels, NatsDelivery, NatsAttach, Consuming):
         self._moved: dict[str, dict[int, None]] = {}
         # Resume marks (hello) for members not connected here yet: member -> channel -> seq.
         self._resume: dict[str, dict[str, int]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background = Background(log, "bus task", quiet=lambda: self._closed)
         self._replies: list[tuple[str, bytes]] = []
         self._eph_seq = itertools.count(1)
         self._kv_channels: KeyValue | None = None
@@ -167,25 +168,14 @@ class NatsBus(NatsChannels, NatsDelivery, NatsAttach, Consuming):
             with contextlib.suppress(Exception):
                 await w.stop()
         self._flush_replies()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._background.cancel()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
             self._nc = None
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None and not self._closed:
-            log.error("bus task failed", exc_info=task.exception())
+        self._background.spawn(coro)
 
     def reply_soon(self, subject: str | None, payload: bytes) -> None:
         """Send a core NATS message; all of one loop turn go out together."""

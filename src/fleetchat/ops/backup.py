@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from fleetchat.background import Background
 from fleetchat.errors import BackendError, FleetchatError
 from fleetchat.migration import Side, copy_state
 from fleetchat.ops.settings import BackupSettings
@@ -88,7 +89,7 @@ class BackupService:
         self.settings = settings
         self._loop_task: asyncio.Task[None] | None = None
         # Every task of this service (the loop, snapshots), until done: close() awaits them.
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Background()
         self._lock = asyncio.Lock()
         self._open = False
 
@@ -125,13 +126,8 @@ class BackupService:
     async def close(self) -> None:
         """Stop the loop; a snapshot being written is abandoned and its file removed."""
         self._open = False
-        tasks = list(self._tasks)
         self._loop_task = None
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.cancel()
 
     def reconfigure(self, settings: BackupSettings) -> None:
         """New settings; a new interval counts from the end of the current wait."""
@@ -156,10 +152,7 @@ class BackupService:
         return result
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro, name)
 
     async def list(self) -> builtins.list[BackupInfo]:
         """The snapshots in :attr:`directory`, oldest first (unreadable files left out)."""

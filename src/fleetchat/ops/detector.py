@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from fleetchat.background import Background
 from fleetchat.errors import FleetchatError
 from fleetchat.ops.health import HealthMonitor, HealthReport
 from fleetchat.ops.settings import HealthSettings
@@ -57,7 +58,7 @@ class FailureDetector:
         self._loop_task: asyncio.Task[None] | None = None
         self._events_task: asyncio.Task[None] | None = None
         self._events: EventStream | None = None
-        self._work: set[asyncio.Task[Any]] = set()
+        self._work = Background()  # agent-loss follow-ups, a stop after losing the lead
         self._open: dict[str, float] = {}  # condition -> since (backlog, degraded)
         self._marks: dict[str, tuple[float, int]] = {}  # member -> oldest, waiting
         self._released: dict[str, list[str]] = {}  # lost holder -> leases released
@@ -100,17 +101,15 @@ class FailureDetector:
         if self._events is not None:
             self._events.close()
             self._events = None
-        tasks += [t for t in self._work if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._work.cancel()
 
     def _spawn(self, coro: Any) -> None:
-        work = asyncio.get_running_loop().create_task(coro)
-        self._work.add(work)
-        work.add_done_callback(self._work.discard)
+        self._work.spawn(coro)
 
     # -- the round ------------------------------------------------------------------------------
 

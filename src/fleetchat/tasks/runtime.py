@@ -6,14 +6,13 @@ The Hub owns one :class:`TaskRuntime`; ``hub.tasks`` is its :class:`TaskService`
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from fleetchat.background import Background
 from fleetchat.chat.channels import ensure_system_channel, hub_message
 from fleetchat.errors import FleetchatError
 from fleetchat.models import MessageKind
@@ -52,7 +51,7 @@ class TaskRuntime:
         self.service = TaskService(store, bus, registry, clock, settings.tasks, settings.registry)
         self.service.publish_event = self._event
         self.scheduler = Scheduler(self.service, registry, clock, self._notice)
-        self._work: set[asyncio.Task[Any]] = set()
+        self._work = Background(log, "task work")
         self._leading = False
         self._open = False
         self.tracer: HubTracer | None = None
@@ -79,9 +78,7 @@ class TaskRuntime:
     async def close(self) -> None:
         self._open = False
         await self.scheduler.stop()
-        for work in list(self._work):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(work, 1.0)
+        await self._work.drain(1.0)
 
     def lead(self, leading: bool) -> None:
         """This node became (or stopped being) the leader: start (or stop) the scheduler."""
@@ -90,14 +87,7 @@ class TaskRuntime:
             self._spawn(self.scheduler.start() if leading else self.scheduler.stop())
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        work = asyncio.get_running_loop().create_task(coro)
-        self._work.add(work)
-        work.add_done_callback(self._done)
-
-    def _done(self, work: asyncio.Task[Any]) -> None:
-        self._work.discard(work)
-        if not work.cancelled() and work.exception() is not None:
-            log.error("task work failed", exc_info=work.exception())
+        self._work.spawn(coro)
 
     def _event(self, event: TaskEvent) -> None:
         """Publish a transition on ``$tasks`` (in the background: the change is saved)."""

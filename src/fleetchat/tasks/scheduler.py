@@ -18,12 +18,12 @@ pre-emption in :mod:`fleetchat.tasks.scheduling_modes`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from fleetchat.background import Background
 from fleetchat.chat.metrics import Histogram
 from fleetchat.errors import FleetchatError
 from fleetchat.models import AgentInfo
@@ -73,7 +73,7 @@ class Scheduler(SchedulerTimers):
         self._holders: dict[str, str] = {}  # task id -> the agent holding it
         self._load: dict[str, int] = {}  # agent -> tasks it holds
         self._timers: dict[str, TimerHandle] = {}
-        self._work: set[asyncio.Task[Any]] = set()
+        self._work = Background(log, "scheduler work")
         self._events: EventStream | None = None
         self._running = False
         self._kicked = False
@@ -128,24 +128,13 @@ class Scheduler(SchedulerTimers):
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        for work in list(self._work):
-            work.cancel()
-        for work in list(self._work):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await work
+        await self._work.cancel()
         self._view.clear()
         self._holders.clear()
         self._load.clear()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        work = asyncio.get_running_loop().create_task(coro)
-        self._work.add(work)
-        work.add_done_callback(self._done)
-
-    def _done(self, work: asyncio.Task[Any]) -> None:
-        self._work.discard(work)
-        if not work.cancelled() and work.exception() is not None:
-            log.error("scheduler work failed", exc_info=work.exception())
+        self._work.spawn(coro)
 
     def load(self, agent_id: str) -> int:
         """Tasks ``agent_id`` holds (offered, accepted or running)."""

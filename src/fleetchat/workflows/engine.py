@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from fleetchat.background import Background
 from fleetchat.errors import ConflictError, FleetchatError
 from fleetchat.workflows.interpreter import (
     CancelChild,
@@ -68,7 +69,7 @@ class WorkflowEngine:
         self.running: dict[str, ExecutionRecord] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._timers: dict[str, TimerHandle] = {}
-        self._work: set[asyncio.Task[Any]] = set()
+        self._work = Background(log, "workflow engine work")
         self._watching: dict[str, set[str]] = {}  # channel -> execution ids waiting on it
         self._sub: Subscription | None = None
         self._active = False
@@ -101,23 +102,12 @@ class WorkflowEngine:
         if self._sub is not None:
             await self._sub.close()
             self._sub = None
-        for work in list(self._work):
-            work.cancel()
-        for work in list(self._work):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await work
+        await self._work.cancel()
         self.running.clear()
         self._watching.clear()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        work = asyncio.get_running_loop().create_task(coro)
-        self._work.add(work)
-        work.add_done_callback(self._done)
-
-    def _done(self, work: asyncio.Task[Any]) -> None:
-        self._work.discard(work)
-        if not work.cancelled() and work.exception() is not None:
-            log.error("workflow engine work failed", exc_info=work.exception())
+        self._work.spawn(coro)
 
     async def _resume_all(self) -> None:
         for record in await self._service.store.load_executions(status="running"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import logging
 import re
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from jsonschema import Draft202012Validator
 
+from fleetchat.background import Background
 from fleetchat.errors import (
     ConflictError,
     InvalidInputError,
@@ -67,7 +67,7 @@ class WorkflowService(EngineGlue):
         self._channels: ChannelRegistry = hub.channels
         self._definitions: dict[tuple[str, str], DefinitionRecord] = {}
         self._parsed: dict[str, tuple[Definition, Expressions]] = {}  # by content hash
-        self._work: set[asyncio.Task[Any]] = set()
+        self._work = Background()
         self.retention = hub.settings.workflows.retention
         self.engine = WorkflowEngine(self, clock)
         bus.on_broadcast(_BROADCAST, self._on_broadcast)
@@ -81,17 +81,13 @@ class WorkflowService(EngineGlue):
 
     async def close(self) -> None:
         await self.engine.stop()
-        for work in list(self._work):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(work, 1.0)
+        await self._work.drain(1.0)
 
     def lead(self, leading: bool) -> None:
         self._spawn(self.engine.start() if leading else self.engine.stop())
 
     def _spawn(self, coro: Any) -> None:
-        work = asyncio.get_running_loop().create_task(coro)
-        self._work.add(work)
-        work.add_done_callback(self._work.discard)
+        self._work.spawn(coro)
 
     # -- definitions ------------------------------------------------------------------------
 
