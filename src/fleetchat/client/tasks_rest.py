@@ -11,12 +11,11 @@ an SDK :class:`~fleetchat.client.Agent` with ``on_task`` sends them itself.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
-from fleetchat.errors import RequestTimeoutError
+from fleetchat.client.polling import poll_until
 from fleetchat.server import schemas_tasks as s
 from fleetchat.types import Priority, parse_priority
 
@@ -25,10 +24,6 @@ if TYPE_CHECKING:
     from fleetchat.tasks.records import TaskRecord
 
 __all__ = ["TaskClient"]
-
-_POLL_FIRST = 0.05
-_POLL_MAX = 1.0
-"""Seconds between polls while waiting: from the first, doubled up to the most."""
 
 
 def _path(task_id: str, action: str = "") -> str:
@@ -112,23 +107,13 @@ class TaskClient:
             RequestTimeoutError: still unfinished after ``timeout`` seconds (also a
                 TimeoutError).
         """
-        pause = _POLL_FIRST
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    task = await self.get(task_id)
-                    if task.terminal:
-                        return task
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, _POLL_MAX)
-        except TimeoutError:
-            if timeout is None:  # pragma: no cover - only asyncio.timeout raises it here
-                raise
-            raise RequestTimeoutError(
-                f"task {task_id!r} did not finish within {timeout:g} s",
-                task=task_id,
-                timeout=timeout,
-            ) from None
+        return await poll_until(
+            lambda: self.get(task_id),
+            lambda task: task.terminal,
+            timeout,
+            f"task {task_id!r}",
+            task=task_id,
+        )
 
     # -- what an agent reports --------------------------------------------------------------
 

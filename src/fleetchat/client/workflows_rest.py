@@ -20,8 +20,8 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
+from fleetchat.client.polling import poll_until
 from fleetchat.client.wire import HubUnavailableError
-from fleetchat.errors import RequestTimeoutError
 from fleetchat.server import schemas_workflows as s
 
 if TYPE_CHECKING:
@@ -29,10 +29,6 @@ if TYPE_CHECKING:
     from fleetchat.workflows.records import DefinitionRecord, ExecutionEvent, ExecutionRecord
 
 __all__ = ["WorkflowClient"]
-
-_POLL_FIRST = 0.05
-_POLL_MAX = 1.0
-"""Seconds between polls while waiting: from the first, doubled up to the most."""
 
 
 def _workflow(name: str, action: str = "") -> str:
@@ -144,23 +140,13 @@ class WorkflowClient:
         Raises:
             RequestTimeoutError: still running after ``timeout`` seconds (also a TimeoutError).
         """
-        pause = _POLL_FIRST
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    record = await self.execution(execution_id)
-                    if record.finished:
-                        return record
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, _POLL_MAX)
-        except TimeoutError:
-            if timeout is None:  # pragma: no cover - only asyncio.timeout raises it here
-                raise
-            raise RequestTimeoutError(
-                f"execution {execution_id!r} did not finish within {timeout:g} s",
-                execution=execution_id,
-                timeout=timeout,
-            ) from None
+        return await poll_until(
+            lambda: self.execution(execution_id),
+            lambda record: record.finished,
+            timeout,
+            f"execution {execution_id!r}",
+            execution=execution_id,
+        )
 
     async def _send(
         self, method: str, path: str, data: bytes | None = None, content_type: str | None = None
